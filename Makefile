@@ -1,0 +1,39 @@
+# All targets use the project's own virtual environment (.venv), created on first use.
+# TORCH pins the wheel installed first: on these CPU machines `torch==2.13.0` is a local CPU build;
+# on a CUDA machine PyPI's build of the same version brings CUDA. Override: make TORCH='torch==2.5.1'.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+NAME    ?= smoke
+WORKERS ?= 1
+ARGS    ?=
+
+.PHONY: venv test data teacher study ui clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+test: venv
+	$(BIN)/python -m pytest -q $(ARGS)
+
+data: venv
+	$(BIN)/python -m ablation data $(ARGS)
+
+teacher: venv
+	$(BIN)/python -m ablation teacher $(ARGS)
+
+study: venv
+	$(BIN)/python -m ablation study $(NAME) --workers $(WORKERS) $(ARGS)
+
+ui: venv
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) *.egg-info

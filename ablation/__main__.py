@@ -1,0 +1,157 @@
+"""Command-line interface: ``python -m ablation <command> --help``.
+
+Each command is a thin function over the package; no logic lives here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, set_dotted
+
+
+def _threads(n: int | None) -> None:
+    import torch
+    n = n or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+
+
+def _run_config(args) -> RunConfig:
+    """The run config: defaults (the paper's teacher), then --config FILE, then --set key=value."""
+    d = load_yaml(args.config) if args.config else {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=5")
+        key, value = item.split("=", 1)
+        d = set_dotted(d, key, yaml.safe_load(value))
+    return from_dict(RunConfig, d, src=args.config or "--set")
+
+
+def cmd_data(args) -> None:
+    """Build (or load) the beat cache and print beats per class and per split."""
+    import pandas as pd
+
+    from ablation.config import DataConfig
+    from ablation.data.mitdb import CLASSES, Protocol, load_beats
+    from ablation.data.splits import make_split
+    beats = load_beats(Protocol(not args.no_rpeak_check, args.rpeak_detector), args.mitdb)
+    print(f"beats cache fingerprint {beats.fingerprint}: {len(beats.label)} beats")
+    cfg = DataConfig(split=args.split, fold=args.fold, rpeak_check=not args.no_rpeak_check,
+                     rpeak_detector=args.rpeak_detector)
+    sizes = make_split(beats, cfg).sizes(beats)
+    table = pd.DataFrame({"all": beats.counts(), **sizes}).T[CLASSES]
+    table["total"] = table.sum(axis=1)
+    print(f"\nsplit={args.split}" + (f" fold={args.fold}" if args.split == "beatgan" else ""))
+    print(table.to_markdown() if args.markdown else table.to_string())
+
+
+def cmd_train(args, teacher_only: bool = False) -> None:
+    """Train one run (teacher or student) and log it to MLflow."""
+    from ablation import tracking
+    from ablation.run import ensure_teacher, execute
+    from ablation.train.loop import pick_device
+    _threads(args.threads)
+    tracking.setup(args.tracking_uri)
+    cfg = _run_config(args)
+    device = pick_device(args.device or cfg.train.device)
+    if teacher_only:
+        if cfg.role != "teacher":
+            raise ConfigError("`teacher` trains role: teacher configs; use `train` for students")
+        from ablation.data.dataset import load_data
+        run_id, _ = ensure_teacher(cfg, load_data(cfg.data, args.mitdb), device)
+        print(f"teacher run {run_id}")
+        return
+    out = execute(cfg, mitdb=args.mitdb, device=device, experiment=args.experiment, skip_finished=not args.force)
+    if out.result is None:
+        print(f"already finished: run {out.run_id} (use --force to train again)")
+    else:
+        r = out.result
+        print(f"run {out.run_id}: best epoch {r.best_epoch}, val AUC {r.val['auc']:.4f}, test AUC "
+              f"{r.test['auc']:.4f}, AP {r.test['ap']:.4f}, F1 {r.test['f1']:.4f} ({r.seconds:.0f} s)")
+
+
+def cmd_score(args) -> None:
+    """Anomaly scores of raw beats (n, channels, 320) in a .npy file, with a trained model."""
+    import torch
+
+    from ablation import tracking
+    from ablation.data.mitdb import minmax
+    from ablation.run import load_model
+    from ablation.train.evaluate import scores
+    from ablation.train.loop import pick_device
+    _threads(args.threads)
+    tracking.setup(args.tracking_uri)
+    device = pick_device(args.device or "auto")
+    cfg, state = tracking.load_checkpoint(args.model, device)
+    beats = np.load(args.input, allow_pickle=False)
+    nc = cfg.data.nc
+    if beats.ndim != 3 or beats.shape[2] != 320 or beats.shape[1] < nc:
+        raise ValueError(f"{args.input}: expected raw beats shaped (n, channels>={nc}, 320), got {beats.shape}")
+    x = torch.from_numpy(minmax(beats[:, :nc].astype(np.float64))).to(device)
+    s = scores(load_model(cfg, state, device).G, x, args.batch_size)
+    np.save(args.output, s)
+    print(f"wrote {len(s)} scores to {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ablation", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, config: bool = True):
+        sp.add_argument("--mitdb", help="folder with the MIT-BIH records (else $ABLATION_MITDB, runs/mitdb, "
+                                        "../shared/mitdb, or a PhysioNet download)")
+        sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+        sp.add_argument("--threads", type=int, help="torch intra-op threads (default: the cores given to this process)")
+        if config:
+            sp.add_argument("--config", help="run config YAML (default: the paper's teacher)")
+            sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                            help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+
+    d = sub.add_parser("data", help=cmd_data.__doc__, description=cmd_data.__doc__)
+    d.add_argument("--mitdb")
+    d.add_argument("--split", choices=["beatgan", "interpatient"], default="beatgan")
+    d.add_argument("--fold", type=int, choices=range(5), default=0)
+    d.add_argument("--rpeak-detector", choices=["hamilton", "xqrs"], default="hamilton")
+    d.add_argument("--no-rpeak-check", action="store_true", help="keep N beats without a detected R-peak")
+    d.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("teacher", help="train the teacher only when MLflow has none with the same key",
+                       description="Train the teacher only when MLflow has no finished run with the same key.")
+    common(t)
+    t.set_defaults(func=lambda a: cmd_train(a, teacher_only=True))
+
+    tr = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    common(tr)
+    tr.add_argument("--experiment", help="MLflow experiment (default: teachers / students by role)")
+    tr.add_argument("--force", action="store_true", help="train even when a finished run has the same key")
+    tr.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
+    common(s, config=False)
+    s.add_argument("--model", required=True, help="MLflow run id or checkpoint path")
+    s.add_argument("--input", required=True, help=".npy of raw beats shaped (n, channels, 320)")
+    s.add_argument("--output", required=True, help=".npy to write the (n,) scores to")
+    s.add_argument("--batch-size", type=int, default=4096)
+    s.set_defaults(func=cmd_score)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

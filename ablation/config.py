@@ -1,0 +1,292 @@
+"""Typed run configuration, loaded from YAML and validated before anything trains.
+
+A run is described by one `RunConfig` (data protocol, model, training, distillation). Every field
+is a dataclass field with a type; `Literal[...]` fields list their allowed values and `Range`
+metadata bounds numbers. `from_dict` walks the nested dataclasses and raises `ConfigError` naming
+the source file, the key path (``train.lr``) and what is allowed, so a typo never reaches training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+def Range(lo: float | None = None, hi: float | None = None, default: Any = dataclasses.MISSING, **kw):
+    """A dataclass field whose numeric value must lie in [lo, hi]."""
+    return field(default=default, metadata={"lo": lo, "hi": hi}, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """The data protocol (BeatGAN, Zhou et al. IJCAI 2019) and the split of this run."""
+
+    split: Literal["beatgan", "interpatient"] = "beatgan"
+    fold: int = Range(0, 4, default=0)
+    nc: int = Range(1, 2, default=1)
+    split_seed: int = 0
+    rpeak_check: bool = True
+    rpeak_detector: Literal["hamilton", "xqrs"] = "hamilton"
+    train_subset: Optional[int] = Range(64, None, default=None)  # cap on training beats (CPU scale)
+    val_subset: Optional[int] = Range(64, None, default=None)  # cap on validation beats per class group
+
+
+@dataclass
+class ModelConfig:
+    """BeatGAN widths: ndf (discriminator/encoder), ngf (decoder), nz (latent size)."""
+
+    ndf: int = Range(1, 512, default=32)
+    ngf: int = Range(1, 512, default=32)
+    nz: int = Range(1, 1024, default=50)
+
+
+@dataclass
+class TrainConfig:
+    """BeatGAN's optimisation (Adam 1e-4, betas (0.5, 0.999), batch 64, w_adv 1)."""
+
+    epochs: int = Range(1, 10_000, default=30)
+    batch_size: int = Range(2, 65_536, default=64)
+    lr: float = Range(1e-7, 1.0, default=1e-4)
+    beta1: float = Range(0.0, 0.999, default=0.5)
+    w_adv: float = Range(0.0, None, default=1.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    d_reinit_below: float = Range(0.0, None, default=5e-6)
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = Range(1, 1_000_000, default=2048)
+    test_every_epoch: bool = False  # diagnostic learning curve only: never used for selection
+
+
+@dataclass
+class KDConfig:
+    """Output knowledge distillation (see `ablation.distill.kd`)."""
+
+    kind: str = "none"
+    T: float = Range(1e-3, 1e3, default=4.0)
+    weight: float = Range(0.0, None, default=1.0)
+
+
+@dataclass
+class FeatureConfig:
+    """One feature-distillation term: where to tap, what to compare it with, and how.
+
+    ``position`` is ``<net>.<block>.<point>`` with net in {enc, dec, disc}, block 0-5 and point
+    ``pre`` (before the activation: Heo et al.'s pre-ReLU position) or ``post``. ``pair`` is the
+    second position of two-position distances (fsp). ``input`` is the beat fed to the tapped
+    network for the student (``real`` or ``fake`` = the student's reconstruction); ``target`` says
+    whose features are matched: the teacher's on the same kind of input, or the student's own
+    network on the real beat (the earlier project's self-distillation set-up).
+    """
+
+    position: str = "disc.4.pre"
+    pair: Optional[str] = None
+    input: Literal["real", "fake"] = "real"
+    target: Literal["teacher", "self_real"] = "teacher"
+    distance: str = "at"
+    weight: float = Range(0.0, None, default=1.0)
+    connector: bool = False  # force a connector even when channel counts match
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class DistillConfig:
+    """A student's teacher and its distillation terms."""
+
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_train_subset: Optional[int] = Range(64, None, default=None)  # None: the full training set
+    teacher_bn: Literal["eval", "train"] = "eval"
+    kd: KDConfig = field(default_factory=KDConfig)
+    features: list[FeatureConfig] = field(default_factory=list)
+    normalize: bool = False  # divide each term by its magnitude on the first batch
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one training run."""
+
+    role: Literal["teacher", "student"] = "teacher"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: Optional[DistillConfig] = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """A stable hash of the resolved config (key order does not matter)."""
+        return config_hash(self.to_dict())
+
+    def teacher_config(self) -> "RunConfig":
+        """The RunConfig of this student's teacher (same data, teacher widths and training)."""
+        if self.distill is None:
+            raise ConfigError("teacher_config() needs a student config with a `distill` section")
+        data = dataclasses.replace(self.data, train_subset=self.distill.teacher_train_subset)
+        return RunConfig(role="teacher", data=data, model=self.distill.teacher, train=self.distill.teacher_train)
+
+
+def config_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading with precise errors
+# ----------------------------------------------------------------------------------------------
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp, path: str, src: str, meta: dict | None = None):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    where = f"{src}: `{path}`"
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, path, src, meta)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} is {value!r}; allowed values: {', '.join(map(repr, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, src=src, prefix=path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__}")
+        return [_convert(v, args[0], f"{path}[{i}]", src) for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is int and ok and float(value) != int(value):
+            ok = False
+        if isinstance(value, str) and tp is float:  # YAML reads 1e-4 as a string
+            try:
+                value, ok = float(value), True
+            except ValueError:
+                ok = False
+        if not ok:
+            raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
+        value = tp(value)
+        lo, hi = (meta or {}).get("lo"), (meta or {}).get("hi")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{where} = {value} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {path}")  # a bug in this module, not the user's
+
+
+def from_dict(cls, d: Any, src: str = "<config>", prefix: str = ""):
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and bad values."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{src}: `{prefix or '<root>'}` must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{src}: unknown key `{key}`; allowed keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in d.items():
+        path = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(value, hints[name], path, src, dict(fields[name].metadata))
+    obj = cls(**kwargs)
+    _check_registered(obj, src, prefix)
+    return obj
+
+
+def _check_registered(obj, src: str, prefix: str) -> None:
+    """Names resolved through registries (KD kinds, distances, positions) are checked here."""
+    if isinstance(obj, KDConfig):
+        from ablation.distill.kd import KD_KINDS
+        if obj.kind not in KD_KINDS:
+            raise ConfigError(f"{src}: `{prefix}.kind` is {obj.kind!r}; allowed values: {', '.join(KD_KINDS)}")
+    if isinstance(obj, FeatureConfig):
+        from ablation.distill.distances import DISTANCES
+        from ablation.models.beatgan import TAP_NAMES
+        if obj.distance not in DISTANCES:
+            raise ConfigError(f"{src}: `{prefix}.distance` is {obj.distance!r}; "
+                              f"allowed values: {', '.join(sorted(DISTANCES))}")
+        for key in ("position", "pair"):
+            pos = getattr(obj, key)
+            if pos is not None and pos not in TAP_NAMES:
+                raise ConfigError(f"{src}: `{prefix}.{key}` is {pos!r}; valid positions: {', '.join(TAP_NAMES)}")
+        if DISTANCES[obj.distance].n_positions == 2 and obj.pair is None:
+            raise ConfigError(f"{src}: `{prefix}.pair` is required by distance {obj.distance!r}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return data or {}
+
+
+def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    d = load_yaml(path)
+    if overrides:
+        d = deep_merge(d, overrides)
+    return from_dict(RunConfig, d, src=str(path))
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def set_dotted(d: dict, dotted: str, value: Any) -> dict:
+    """Return a copy of `d` with `a.b.c` set to `value` (used by CLI overrides and study axes)."""
+    keys = dotted.split(".")
+    over: dict = {}
+    cur = over
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+    cur[keys[-1]] = value
+    return deep_merge(d, over)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}` (lists are JSON-encoded), for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        elif isinstance(v, list):
+            out[key] = json.dumps(v, sort_keys=True)
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,53 @@
+"""The tensors a run trains and evaluates on: beats of a split, moved to the device once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ablation.config import DataConfig
+from ablation.data.mitdb import CLASSES, Beats, Protocol, load_beats
+from ablation.data.splits import Split, make_split
+
+
+@dataclass
+class EvalSet:
+    """x: (n, nc, 320); y: (n,) 1 = anomaly; cls: (n,) class index into CLASSES."""
+
+    x: torch.Tensor
+    y: np.ndarray
+    cls: np.ndarray
+
+
+@dataclass
+class DataBundle:
+    train: torch.Tensor  # (n, nc, 320), N beats only
+    val: EvalSet
+    test: EvalSet
+    fingerprint: str
+    sizes: dict
+
+    def to(self, device: torch.device) -> "DataBundle":
+        mv = lambda e: EvalSet(e.x.to(device), e.y, e.cls)  # noqa: E731
+        return DataBundle(self.train.to(device), mv(self.val), mv(self.test), self.fingerprint, self.sizes)
+
+
+def bundle(beats: Beats, split: Split, nc: int) -> DataBundle:
+    def take(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(beats.x[idx, :nc]))
+
+    def evalset(idx: np.ndarray) -> EvalSet:
+        cls = beats.label[idx].astype(np.int64)
+        return EvalSet(take(idx), (cls != CLASSES.index("N")).astype(np.int64), cls)
+
+    return DataBundle(take(split.train), evalset(split.val), evalset(split.test), beats.fingerprint,
+                      split.sizes(beats))
+
+
+def load_data(cfg: DataConfig, mitdb: str | None = None, beats: Beats | None = None,
+              progress: bool = True) -> DataBundle:
+    """The split of `cfg` as tensors. `beats` replaces the records (synthetic data in tests)."""
+    if beats is None:
+        beats = load_beats(Protocol(cfg.rpeak_check, cfg.rpeak_detector), mitdb, progress=progress)
+    return bundle(beats, make_split(beats, cfg), cfg.nc)

@@ -1,0 +1,195 @@
+"""The distillation terms of one student run, plugged into `ablation.train.loop.train`.
+
+Per training step the teacher runs only the passes the configured terms need, each network once
+per input however many positions are tapped (taps come out of one forward pass), under no_grad:
+
+    G step: teacher G on the real beats (enc/dec taps, scores, recon, latent) and teacher D on
+            the student's reconstruction (``disc`` taps on ``fake``)
+    D step: teacher D on the real beats (``disc`` taps on ``real``, the ``disc`` KD kind) and on
+            the student's reconstruction (``disc`` KD kind)
+
+The teacher is frozen. Its BatchNorm mode is explicit: ``eval`` (running statistics) or ``train``
+(batch statistics, as Heo et al. found better; momentum 0 so its running buffers never change).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ablation.config import DistillConfig, FeatureConfig
+from ablation.distill.connectors import make_connector
+from ablation.distill.distances import DISTANCES, Distance, build_distance
+from ablation.distill.kd import KD_KINDS, Outputs
+from ablation.distill.positions import Position
+from ablation.models.beatgan import BeatGAN, anomaly_score, bn_before
+
+PREPARE_BEATS = 4096  # teacher beats used by distances that fit something first (ft, partial_l2 w/o BN)
+
+
+def freeze(teacher: BeatGAN, bn_mode: str) -> None:
+    """No gradients, fixed BN mode; in ``train`` mode BN uses batch stats and never updates buffers."""
+    for net in (teacher.G, teacher.D):
+        net.requires_grad_(False)
+        net.eval()
+        if bn_mode == "train":
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm1d):
+                    m.train()
+                    m.momentum = 0.0
+
+
+class FeatureTerm(nn.Module):
+    """connector(s) on the student side + a registered distance, for one configured position."""
+
+    def __init__(self, cfg: FeatureConfig, index: int, s_shapes: dict, t_shapes: dict, teacher: BeatGAN):
+        super().__init__()
+        self.cfg = cfg
+        self.positions = [Position.parse(p, cfg.input) for p in (cfg.position, cfg.pair) if p is not None]
+        if cfg.target == "self_real" and not (self.positions[0].net == "disc" and cfg.input == "fake"):
+            raise ValueError(f"features[{index}]: target self_real compares the student D on its reconstruction "
+                             f"with the student D on the real beat; it needs a disc position with input: fake")
+        if len({p.net for p in self.positions}) > 1:
+            raise ValueError(f"features[{index}]: position and pair must be in the same network")
+        self.step = self.positions[0].step
+        cls = DISTANCES[cfg.distance]
+        s_ch = [s_shapes[p.tap][1] for p in self.positions]
+        t_src = s_shapes if cfg.target == "self_real" else t_shapes
+        t_ch = [t_src[p.tap][1] for p in self.positions]
+        self.connectors = nn.ModuleList(
+            make_connector(s, t, force=cfg.connector) if cls.needs_matched_channels or cfg.connector else nn.Identity()
+            for s, t in zip(s_ch, t_ch))
+        stack = {"enc": teacher.G.encoder, "dec": teacher.G.decoder, "disc": teacher.D.net}[self.positions[0].net]
+        bn = bn_before(stack, self.positions[0].tap) if cfg.target == "teacher" else None
+        connected = t_ch if (cls.needs_matched_channels or cfg.connector) else s_ch
+        one = lambda c: c[0] if len(c) == 1 else tuple(c)  # noqa: E731
+        self.distance: Distance = build_distance(cfg.distance, one(connected), one(t_ch), teacher_bn=bn, **cfg.params)
+        self.name = f"fd{index}_{cfg.distance}_{cfg.position}_{cfg.input}" + (f"_vs_{cfg.pair}" if cfg.pair else "")
+        self.weight = cfg.weight
+
+    def student(self, taps: dict[str, Tensor]):
+        f = [c(taps[p.key]) for c, p in zip(self.connectors, self.positions)]
+        return f[0] if len(f) == 1 else tuple(f)
+
+    def target(self, s_taps: dict[str, Tensor], t_taps: dict[str, Tensor]):
+        if self.cfg.target == "self_real":
+            f = [s_taps[f"real:{p.tap}"] for p in self.positions]
+        else:
+            f = [t_taps[p.key] for p in self.positions]
+        return f[0] if len(f) == 1 else tuple(f)
+
+    def forward(self, s_taps: dict[str, Tensor], t_taps: dict[str, Tensor]) -> Tensor:
+        return self.distance(self.student(s_taps), self.target(s_taps, t_taps))
+
+
+class Distiller(nn.Module):
+    """Builds the KD and feature terms of `cfg` and computes them in the loop's G and D steps."""
+
+    def __init__(self, cfg: DistillConfig, teacher: BeatGAN, student: BeatGAN, train_x: Tensor):
+        super().__init__()
+        self.cfg = cfg
+        self.teacher = teacher
+        freeze(teacher, cfg.teacher_bn)
+        s_shapes, t_shapes = _tap_shapes(student, train_x[:2]), _tap_shapes(teacher, train_x[:2])
+        self.features = nn.ModuleList(FeatureTerm(f, i, s_shapes, t_shapes, teacher) for i, f in enumerate(cfg.features))
+        self.kd = KD_KINDS[cfg.kd.kind](cfg.kd.T, student.G.encoder.blocks[-1].conv.out_channels,
+                                        teacher.G.encoder.blocks[-1].conv.out_channels)
+        self.kd_name = f"kd_{cfg.kd.kind}"
+        self.to(train_x.device)
+        self._prepare(train_x[:PREPARE_BEATS])
+        self.scale: dict[str, Tensor] = {}  # per-term 1/|value at the first batch| when cfg.normalize
+
+    # -- teacher passes, each network once per input ------------------------------------------
+    def _needs(self, step: str) -> set[str]:
+        """Which teacher passes a step needs: subsets of {"G:real", "D:real", "D:fake"}."""
+        need = set()
+        for t in self.features:
+            if t.step == step and t.cfg.target == "teacher":
+                p = t.positions[0]
+                need.add(f"{'G' if p.net != 'disc' else 'D'}:{p.input}")
+        if self.cfg.kd.kind != "none" and self.kd.step == step:
+            need |= {"D:real", "D:fake"} if self.kd.step == "D" else {"G:real"}
+        return need
+
+    def _teacher_taps(self, need: set[str], x: Tensor, fake: Tensor) -> tuple[dict[str, Tensor], Outputs]:
+        taps: dict[str, Tensor] = {}
+        out = Outputs()
+        with torch.no_grad():
+            if "G:real" in need:
+                g: dict[str, Tensor] = {}
+                recon, z = self.teacher.G(x, g)
+                taps.update({f"real:{k}": v for k, v in g.items()})
+                out.recon, out.latent, out.score = recon, z.flatten(1), anomaly_score(x, recon)
+            for inp, batch in (("real", x), ("fake", fake)):
+                if f"D:{inp}" in need:
+                    d: dict[str, Tensor] = {}
+                    logit, _ = self.teacher.D(batch.detach(), d)
+                    taps.update({f"{inp}:{k}": v for k, v in d.items()})
+                    setattr(out, f"logit_{inp}", logit)
+        return taps, out
+
+    # -- the loop's interface --------------------------------------------------------------------
+    def g_terms(self, x: Tensor, fake: Tensor, latent: Tensor, taps: dict[str, Tensor]) -> dict[str, Tensor]:
+        t_taps, t_out = self._teacher_taps(self._needs("G"), x, fake)
+        terms = {t.name: t.weight * t(taps, t_taps) for t in self.features if t.step == "G"}
+        if self.cfg.kd.kind != "none" and self.kd.step == "G":
+            s_out = Outputs(score=anomaly_score(x, fake), recon=fake, latent=latent.flatten(1))
+            terms[self.kd_name] = self.cfg.kd.weight * self.kd(s_out, t_out)
+        return self._normalised(terms)
+
+    def d_terms(self, x: Tensor, fake: Tensor, taps: dict[str, Tensor]) -> dict[str, Tensor]:
+        t_taps, t_out = self._teacher_taps(self._needs("D"), x, fake)
+        terms = {t.name: t.weight * t(taps, t_taps) for t in self.features if t.step == "D"}
+        if self.cfg.kd.kind != "none" and self.kd.step == "D":
+            s_out = Outputs(logit_real=taps["real:disc.5.pre"].flatten(), logit_fake=taps["fake:disc.5.pre"].flatten())
+            terms[self.kd_name] = self.cfg.kd.weight * self.kd(s_out, t_out)
+        return self._normalised(terms)
+
+    def g_parameters(self) -> list[nn.Parameter]:
+        return self._parameters_of("G")
+
+    def d_parameters(self) -> list[nn.Parameter]:
+        return self._parameters_of("D")
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _parameters_of(self, step: str) -> list[nn.Parameter]:
+        mods = [t for t in self.features if t.step == step] + ([self.kd] if self.kd.step == step else [])
+        return [p for m in mods for p in m.parameters() if p.requires_grad]
+
+    def _normalised(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """With ``normalize``, divide each term by its magnitude at the first batch (a constant)."""
+        if not self.cfg.normalize:
+            return terms
+        for k, v in terms.items():
+            if k not in self.scale:
+                self.scale[k] = 1.0 / v.detach().abs().clamp_min(1e-12)
+        return {k: v * self.scale[k] for k, v in terms.items()}
+
+    @torch.no_grad()
+    def _prepare(self, x: Tensor) -> None:
+        """Let distances that fit on teacher features first (ft, partial_l2 without BN) do so, on
+        the teacher's features of real training beats."""
+        for term in self.features:
+            if type(term.distance).prepare is Distance.prepare:
+                continue
+            batches = []
+            for xb in x.split(256):
+                g: dict[str, Tensor] = {}
+                (self.teacher.D(xb, g) if term.positions[0].net == "disc" else self.teacher.G(xb, g))
+                f = [g[p.tap] for p in term.positions]
+                batches.append(f[0] if len(f) == 1 else tuple(f))
+            term.distance.prepare(batches)
+
+
+@torch.no_grad()
+def _tap_shapes(model: BeatGAN, x: Tensor) -> dict[str, tuple[int, ...]]:
+    """Shapes of every tap of `model`, from one eval-mode pass on a tiny batch (buffers untouched)."""
+    modes = (model.G.training, model.D.training)
+    model.G.eval()
+    model.D.eval()
+    taps: dict[str, Tensor] = {}
+    model.G(x, taps)
+    model.D(x, taps)
+    model.G.train(modes[0])
+    model.D.train(modes[1])
+    return {k: tuple(v.shape) for k, v in taps.items()}
+

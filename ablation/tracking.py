@@ -1,0 +1,106 @@
+"""MLflow plumbing: where runs are stored, what a run records, and finding a run again by its key.
+
+Default store: SQLite at ``runs/mlflow.db`` with artifacts under ``runs/mlartifacts`` (MLflow 3's
+file store is deprecated). ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` point at a server instead.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ablation.config import RunConfig, flatten, from_dict
+from ablation.paths import PROJECT_ROOT, RUNS
+
+CHECKPOINT = "checkpoint/model.pt"
+SCORES = "scores/test_scores.csv"
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{RUNS / 'mlflow.db'}"
+
+
+def setup(explicit: str | None = None) -> str:
+    uri = tracking_uri(explicit)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created (with an explicit local artifact folder) when missing."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (RUNS / "mlartifacts" / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another worker
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def find_finished(exp_name: str, run_key: str) -> str | None:
+    """The id of a FINISHED run of `exp_name` tagged with `run_key`, else None."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(exp_name)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def log_run_inputs(cfg: RunConfig, tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+    mlflow.log_params({k: ("None" if v is None else v) for k, v in flatten(cfg.to_dict()).items()})
+    mlflow.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+
+
+def log_outputs(cfg: RunConfig, state: dict, test_scores: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> None:
+    """The best checkpoint (state_dicts + config) and the per-beat test scores as a CSV table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / Path(CHECKPOINT).name
+        torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, ckpt)
+        mlflow.log_artifact(str(ckpt), Path(CHECKPOINT).parent.as_posix())
+        table = Path(tmp) / Path(SCORES).name
+        pd.DataFrame({"score": test_scores, "label": labels, "cls": classes}).to_csv(table, index=False)
+        mlflow.log_artifact(str(table), Path(SCORES).parent.as_posix())
+
+
+def load_checkpoint(ref: str, device: str | torch.device = "cpu"):
+    """(RunConfig, state) from a checkpoint path or an MLflow run id (``runs:/<id>`` or the bare id)."""
+    path = Path(ref)
+    if not path.exists():
+        run_id = ref.removeprefix("runs:/").split("/")[0]
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT))
+        except Exception as e:
+            raise FileNotFoundError(f"{ref!r} is neither a checkpoint file nor an MLflow run with "
+                                    f"{CHECKPOINT} ({type(e).__name__}: {e})") from e
+    blob = torch.load(path, map_location=device, weights_only=True)
+    return from_dict(RunConfig, blob["config"], src=str(path)), {"G": blob["G"], "D": blob["D"]}
+
+
+def load_scores(run_id: str) -> pd.DataFrame:
+    """The per-beat test scores a run stored (columns: score, label, cls)."""
+    return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SCORES))

@@ -1,0 +1,190 @@
+"""One training loop for teachers and students (BeatGAN, Zhou et al. IJCAI 2019).
+
+Each iteration updates D, then G:
+
+    D:  BCE(D(x), 1) + BCE(D(G(x)), 0)                       [+ distillation terms of the D step]
+    G:  MSE(G(x), x) + w_adv * MSE(featD(G(x)), featD(x))   [+ distillation terms of the G step]
+
+D is re-initialised when its loss falls below ``d_reinit_below``. Data stay on the device as one
+tensor and batches are taken by index; loss terms are summed on the device and read once per epoch.
+Validation runs in eval mode after every epoch; the best epoch by validation AUC is kept and the
+test set is scored once, with that epoch's weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ablation.config import RunConfig
+from ablation.data.dataset import DataBundle
+from ablation.models.beatgan import BeatGAN, init_weights
+from ablation.train.evaluate import metrics, scores
+
+
+class Diverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+class Terms(Protocol):
+    """Distillation plugged into the loop (see `ablation.distill.distiller.Distiller`)."""
+
+    def g_terms(self, x: torch.Tensor, fake: torch.Tensor, latent: torch.Tensor,
+                taps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Terms added to G's loss. taps: ``real:enc.*``, ``real:dec.*`` (student G on x),
+        ``fake:disc.*`` (student D on G(x), differentiable into G), ``real:disc.*`` (no grad)."""
+
+    def d_terms(self, x: torch.Tensor, fake: torch.Tensor, taps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Terms added to D's loss. taps: ``real:disc.*`` and ``fake:disc.*`` (fake detached from G)."""
+
+    def g_parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def d_parameters(self) -> list[torch.nn.Parameter]: ...
+
+
+@dataclass
+class Result:
+    best_epoch: int
+    val: dict[str, float]
+    test: dict[str, float]
+    test_scores: np.ndarray
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    state: dict = field(default_factory=dict)  # best epoch: {"G": state_dict, "D": state_dict}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms | None = None,
+          on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+          progress: bool = True, model: BeatGAN | None = None) -> Result:
+    """Train BeatGAN under `cfg` (plus distillation `terms`) and return the best-validation epoch."""
+    tc = cfg.train
+    gen = seed_everything(tc.seed)
+    model = (model or BeatGAN.build(cfg.model, cfg.data.nc)).to(device)
+    G, D = model.G, model.D
+    g_params = list(G.parameters()) + (terms.g_parameters() if terms else [])
+    d_params = list(D.parameters()) + (terms.d_parameters() if terms else [])
+    opt_g = torch.optim.Adam(g_params, lr=tc.lr, betas=(tc.beta1, 0.999))
+    opt_d = torch.optim.Adam(d_params, lr=tc.lr, betas=(tc.beta1, 0.999))
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=tc.epochs, eta_min=tc.lr * 0.01)
+              for o in (opt_g, opt_d)] if tc.lr_schedule == "cosine" else []
+    train_x = data.train.to(device)
+    val_x, test_x = data.val.x.to(device), data.test.x.to(device)
+    n_batches = len(train_x) // tc.batch_size  # drop the last partial batch, as BeatGAN does
+    if n_batches == 0:
+        raise ValueError(f"train set has {len(train_x)} beats, fewer than one batch of {tc.batch_size}")
+    check_every = 1 if device.type == "cpu" else 16  # D re-init check without a sync every batch
+    ones = torch.ones(tc.batch_size, device=device)
+    zeros = torch.zeros(tc.batch_size, device=device)
+
+    history: list[dict[str, float]] = []
+    best = {"auc": -1.0}
+    t0 = time.perf_counter()
+    epochs = tqdm(range(tc.epochs), desc=f"{cfg.role} epochs", disable=not progress, unit="ep")
+    for epoch in epochs:
+        G.train()
+        D.train()
+        sums: dict[str, torch.Tensor] = {}
+        d_min = torch.full((), math.inf, device=device)
+        reinits = 0
+        order = torch.randperm(len(train_x), generator=gen)[: n_batches * tc.batch_size]
+        batches = order.view(n_batches, tc.batch_size).to(device)
+        te = time.perf_counter()
+        for b in tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch"):
+            x = train_x[batches[b]]
+            g_taps: dict[str, torch.Tensor] = {}
+            fake, latent = G(x, g_taps)
+
+            # --- D step ---------------------------------------------------------------------
+            d_real: dict[str, torch.Tensor] = {}
+            d_fake: dict[str, torch.Tensor] = {}
+            logit_real, _ = D(x, d_real)
+            logit_fake, _ = D(fake.detach(), d_fake)
+            loss_d_adv = (F.binary_cross_entropy_with_logits(logit_real, ones)
+                          + F.binary_cross_entropy_with_logits(logit_fake, zeros))
+            d_extra = terms.d_terms(x, fake.detach(), tap_dict(real=d_real, fake=d_fake)) if terms else {}
+            loss_d = loss_d_adv + sum(d_extra.values())
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+
+            # --- G step (D frozen: no weight gradients computed for it) ---------------------
+            D.requires_grad_(False)
+            g_fake: dict[str, torch.Tensor] = {}
+            g_real: dict[str, torch.Tensor] = {}
+            _, feat_fake = D(fake, g_fake)
+            with torch.no_grad():
+                _, feat_real = D(x, g_real)
+            loss_rec = F.mse_loss(fake, x)
+            loss_adv = F.mse_loss(feat_fake, feat_real)
+            g_extra = (terms.g_terms(x, fake, latent, tap_dict(real={**g_taps, **g_real}, fake=g_fake))
+                       if terms else {})
+            loss_g = loss_rec + tc.w_adv * loss_adv + sum(g_extra.values())
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            D.requires_grad_(True)
+
+            step = {"loss_d": loss_d_adv, "loss_g_rec": loss_rec, "loss_g_adv": loss_adv,
+                    **{f"loss_{k}": v for k, v in {**d_extra, **g_extra}.items()}}
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+            d_min = torch.minimum(d_min, loss_d_adv.detach())
+            if (b + 1) % check_every == 0 and d_min.item() < tc.d_reinit_below:
+                D.apply(init_weights)
+                reinits += 1
+                d_min.fill_(math.inf)
+
+        row = {k: float(v) / n_batches for k, v in sums.items()}  # the epoch's one host read
+        bad = [k for k, v in row.items() if not math.isfinite(v)]
+        if bad:
+            raise Diverged(f"epoch {epoch}: non-finite {', '.join(bad)}")
+        row["train_seconds"] = time.perf_counter() - te
+        row["d_reinits"] = reinits
+        val = metrics(data.val.y, scores(G, val_x, tc.eval_batch_size))
+        row.update({f"val_{k}": v for k, v in val.items() if k in ("auc", "ap", "f1")})
+        if tc.test_every_epoch:  # diagnostic curve only; selection below uses validation
+            tm = metrics(data.test.y, scores(G, test_x, tc.eval_batch_size))
+            row.update({"test_auc_curve": tm["auc"], "test_ap_curve": tm["ap"]})
+        for s in scheds:
+            s.step()
+        if val["auc"] > best["auc"]:
+            best = {"auc": val["auc"], "epoch": epoch, "val": val,
+                    "state": {"G": copy.deepcopy(G.state_dict()), "D": copy.deepcopy(D.state_dict())}}
+        row["best_val_auc"] = best["auc"]
+        history.append(row)
+        epochs.set_postfix(val_auc=f"{val['auc']:.4f}", best=f"{best['auc']:.4f}@{best['epoch']}")
+        if on_epoch:
+            on_epoch(epoch, row)
+
+    G.load_state_dict(best["state"]["G"])
+    D.load_state_dict(best["state"]["D"])
+    test_scores = scores(G, test_x, tc.eval_batch_size)
+    test = metrics(data.test.y, test_scores, data.test.cls)
+    return Result(best_epoch=best["epoch"], val=best["val"], test=test, test_scores=test_scores,
+                  history=history, seconds=time.perf_counter() - t0, state=best["state"])
+
+
+def tap_dict(**by_input: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Merge tap dicts under keys ``<input>:<tap>``, e.g. ``fake:disc.3.pre``."""
+    return {f"{inp}:{k}": v for inp, taps in by_input.items() for k, v in taps.items()}
