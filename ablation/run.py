@@ -22,9 +22,17 @@ class Outcome:
     result: Result | None  # None when the run was found finished and skipped
 
 
+RESULT_NEUTRAL = ("device", "eval_batch_size", "test_every_epoch")  # train keys that leave the result unchanged
+
+
 def run_key(cfg: RunConfig, data_fingerprint: str) -> str:
     """What identifies a run's result: its resolved config and the exact beats it saw."""
-    return config_hash({"config": cfg.to_dict(), "data": data_fingerprint})
+    d = cfg.to_dict()
+    for k in RESULT_NEUTRAL:
+        d["train"].pop(k)
+        if d["distill"]:
+            d["distill"]["teacher_train"].pop(k)
+    return config_hash({"config": d, "data": data_fingerprint})
 
 
 def load_model(cfg: RunConfig, state: dict, device: torch.device) -> BeatGAN:

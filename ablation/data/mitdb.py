@@ -4,7 +4,7 @@ Protocol (Zhou et al., IJCAI 2019, `experiments/ecg/preprocess.py`), read straig
 44 records (paced 102, 104, 107, 217 left out); MLII plus the record's other lead, picked by name;
 both leads band-passed 3-45 Hz (FIR of int(0.3 fs) taps, forward-backward: the 2019 biosppy filter);
 a window ``sig[i-140 : i+180]`` (320 samples) around each annotated beat; an N-class beat is kept
-only if a detected R-peak lies within 10 samples of its annotation; each beat and channel min-max
+only if a detected R-peak lies less than 10 samples from its annotation; each beat and channel min-max
 scaled to [-1, 1].
 
 Where the records come from, in order: an explicit folder, ``$ABLATION_MITDB``, the download cache
@@ -32,7 +32,7 @@ RECORDS = [r for r in (
      121, 122, 123, 124, 200, 201, 202, 203, 205, 207, 208, 209, 210, 212, 213, 214, 215, 217, 219,
      220, 221, 222, 223, 228, 230, 231, 232, 233, 234]) if r not in (102, 104, 107, 217)]
 BEFORE, AFTER = 140, 180  # window [i-140, i+180): 320 samples
-RPEAK_TOLERANCE = 10
+RPEAK_TOLERANCE = 10  # kept when |R-peak - annotation| < 10, strictly, as BeatGAN's preprocess.py
 # BeatGAN's mapping (not AAMI's: e and j are S here).
 CLASS_OF_SYMBOL = {
     **dict.fromkeys("NLR", "N"), **dict.fromkeys("aJASje", "S"), **dict.fromkeys("VE", "V"),
@@ -121,12 +121,12 @@ def record_beats(folder: Path, record: int, rpeak_check: bool, detector: str) ->
     xs, labels, samples, symbols = [], [], [], []
     for i, sym in zip(ann.sample, ann.symbol):
         cls = CLASS_OF_SYMBOL.get(sym)
-        if cls is None or i - BEFORE < 0 or i + AFTER > sig.shape[1]:
+        if cls is None or i - BEFORE < 0 or i + AFTER >= sig.shape[1]:
             continue
         if cls == "N" and rpeaks is not None:
             j = np.searchsorted(rpeaks, i)
             near = rpeaks[max(j - 1, 0):j + 1]
-            if near.size == 0 or np.abs(near - i).min() > RPEAK_TOLERANCE:
+            if near.size == 0 or np.abs(near - i).min() >= RPEAK_TOLERANCE:
                 continue
         xs.append(sig[:, i - BEFORE:i + AFTER])
         labels.append(CLASSES.index(cls))

@@ -1,0 +1,35 @@
+"""Test set-up: every test writes under a temporary runs/ folder, never the project's own."""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_RUNS = tempfile.mkdtemp(prefix="ablation-test-runs-")
+os.environ["ABLATION_RUNS"] = _RUNS  # read by ablation.paths at import time
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("ABLATION_MITDB", None)
+
+SHARED_MITDB = Path(__file__).resolve().parents[2] / "shared" / "mitdb"
+
+
+@pytest.fixture(scope="session")
+def mitdb() -> Path:
+    """The real MIT-BIH records beside the project (CI has them); skip where they are absent."""
+    if not (SHARED_MITDB / "100.dat").exists():
+        pytest.skip(f"MIT-BIH records not found at {SHARED_MITDB}")
+    return SHARED_MITDB
+
+
+@pytest.fixture(scope="session")
+def tracking_store():
+    """A fresh MLflow SQLite store under the temporary runs/ folder."""
+    from ablation import tracking
+    return tracking.setup()
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """Synthetic beats (not ECG): fast end-to-end checks of the machinery."""
+    from ablation.data.synthetic import synthetic_beats
+    return synthetic_beats(seed=0)
