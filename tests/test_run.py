@@ -1,0 +1,76 @@
+"""End to end on synthetic beats (fast; not ECG): a run in MLflow, teacher reuse, score, CLI errors."""
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ablation import tracking
+from ablation.__main__ import main
+from ablation.config import from_dict, RunConfig
+from ablation.run import execute
+
+TINY = {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 2, "device": "cpu"},
+        "data": {"train_subset": 512}}
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tracking_store, synthetic):
+    cfg = from_dict(RunConfig, TINY)
+    return cfg, execute(cfg, beats=synthetic, progress=False)
+
+
+def test_run_logs_everything(teacher_run):
+    cfg, out = teacher_run
+    run = MlflowClient().get_run(out.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.ndf"] == "4" and run.data.params["train.epochs"] == "2"
+    for tag in ("git_commit", "data_fingerprint", "device", "role", "run_key"):
+        assert run.data.tags[tag]
+    for m in ("test_auc", "test_ap", "test_f1", "test_f1_threshold", "test_auc_V", "best_epoch"):
+        assert m in run.data.metrics
+    hist = MlflowClient().get_metric_history(out.run_id, "val_auc")
+    assert [h.step for h in hist] == [0, 1]
+    for loss in ("loss_d", "loss_g_rec", "loss_g_adv"):
+        assert len(MlflowClient().get_metric_history(out.run_id, loss)) == 2
+    arts = {a.path for a in MlflowClient().list_artifacts(out.run_id)}
+    assert {"config.yaml", "checkpoint", "scores"} <= arts
+    scores = tracking.load_scores(out.run_id)
+    assert list(scores.columns) == ["score", "label", "cls"] and len(scores) == len(out.result.test_scores)
+    np.testing.assert_allclose(scores.score, out.result.test_scores, rtol=1e-5)
+    assert run.data.metrics["test_auc"] == pytest.approx(out.result.test["auc"])
+
+
+def test_finished_run_is_found_not_retrained(teacher_run, synthetic):
+    cfg, out = teacher_run
+    again = execute(cfg, beats=synthetic, progress=False)
+    assert again.run_id == out.run_id and again.result is None
+
+
+def test_checkpoint_loads_weights_only_and_score_round_trip(teacher_run, synthetic, tmp_path):
+    cfg, out = teacher_run
+    cfg2, state = tracking.load_checkpoint(out.run_id)
+    assert cfg2 == cfg
+    raw = (synthetic.x[:50, :1] * 3.0 + 7.0).astype(np.float32)  # un-normalised beats
+    np.save(tmp_path / "beats.npy", raw)
+    assert main(["score", "--model", out.run_id, "--input", str(tmp_path / "beats.npy"),
+                 "--output", str(tmp_path / "s.npy"), "--device", "cpu"]) == 0
+    s = np.load(tmp_path / "s.npy")
+    from ablation.run import load_model
+    from ablation.train.evaluate import scores
+    model = load_model(cfg2, state, torch.device("cpu"))
+    np.testing.assert_allclose(s, scores(model.G, torch.from_numpy(synthetic.x[:50, :1])), rtol=1e-4, atol=1e-6)
+
+
+def test_cli_errors_are_clear(tmp_path, capsys, tracking_store):
+    assert main(["train", "--mitdb", str(tmp_path), "--set", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert "MIT-BIH records not found" in err and str(tmp_path) in err
+    assert main(["train", "--set", "train.lr_schedule=linear"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr_schedule" in err and "'cosine'" in err
+    assert main(["train", "--set", "model.ndff=3"]) == 2
+    assert "unknown key `model.ndff`" in capsys.readouterr().err
+    np.save(tmp_path / "bad.npy", np.zeros((3, 1, 100), np.float32))
+    assert main(["score", "--model", str(tmp_path / "none.pt"), "--input", str(tmp_path / "bad.npy"),
+                 "--output", str(tmp_path / "o.npy")]) == 2
+    assert "neither a checkpoint file nor an MLflow run" in capsys.readouterr().err
