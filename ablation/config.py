@@ -235,10 +235,16 @@ def _check_registered(obj, src: str, prefix: str) -> None:
         if obj.distance not in DISTANCES:
             raise ConfigError(f"{src}: `{prefix}.distance` is {obj.distance!r}; "
                               f"allowed values: {', '.join(sorted(DISTANCES))}")
+        from ablation.distill.positions import Position
         for key in ("position", "pair"):
             pos = getattr(obj, key)
             if pos is not None and pos not in TAP_NAMES:
                 raise ConfigError(f"{src}: `{prefix}.{key}` is {pos!r}; valid positions: {', '.join(TAP_NAMES)}")
+            if pos is not None:
+                try:
+                    Position.parse(pos, obj.input)
+                except ValueError as e:
+                    raise ConfigError(f"{src}: `{prefix}`: {e}") from e
         if DISTANCES[obj.distance].n_positions == 2 and obj.pair is None:
             raise ConfigError(f"{src}: `{prefix}.pair` is required by distance {obj.distance!r}")
 

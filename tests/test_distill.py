@@ -273,15 +273,12 @@ def test_teacher_unchanged_by_training(bn, kd, tiny_beats):
     assert_teacher_frozen(teacher)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "distiller.py `_tap_shapes` calls teacher.G.eval()/D.eval() and .train(False) after `freeze`, "
-    "which puts every teacher BatchNorm back into eval mode: teacher_bn 'train' silently behaves like 'eval'"))
 def test_teacher_bn_train_mode_survives_distiller_init():
     teacher, student = models()
     Distiller(distill_cfg("recon", teacher_bn="train"), teacher, student, beats())
     bns = [m for net in (teacher.G, teacher.D) for m in net.modules() if isinstance(m, nn.BatchNorm1d)]
     assert bns
-    assert all(m.momentum == 0.0 for m in bns)
+    assert not any(m.track_running_stats for m in bns)
     assert all(m.training for m in bns), "teacher BN is in eval mode although teacher_bn is 'train'"
 
 
@@ -291,9 +288,6 @@ def test_teacher_bn_eval_mode_after_distiller_init():
     assert not any(m.training for net in (teacher.G, teacher.D) for m in net.modules())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "distiller.py `freeze(teacher, 'train')` sets BN momentum 0, which keeps running_mean/var but "
-    "BatchNorm1d still increments the num_batches_tracked buffer on every teacher pass"))
 def test_freeze_train_mode_keeps_every_buffer():
     teacher, _ = models()
     freeze(teacher, "train")
@@ -305,9 +299,6 @@ def test_freeze_train_mode_keeps_every_buffer():
     assert [k for k in before if not torch.equal(before[k], after[k])] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with the teacher BN really in train mode (re-frozen after Distiller init), one epoch changes the "
-    "teacher's num_batches_tracked buffers (momentum 0 does not stop that counter)"))
 def test_teacher_unchanged_with_bn_really_in_train_mode(tiny_beats):
     teacher, before = run_one_epoch("train", "disc", tiny_beats, refreeze=True)
     after = snapshot(teacher)
@@ -360,10 +351,8 @@ def test_position_parse_unknown_lists_valid(bad):
 def test_generator_position_on_fake_raises(tap):
     with pytest.raises(ValueError, match="generator only sees real beats"):
         Position.parse(tap, "fake")
-    cfg = distill_cfg(features=[{"position": tap, "input": "fake", "distance": "at"}])
-    teacher, student = models()
-    with pytest.raises(ValueError, match="generator only sees real beats"):
-        Distiller(cfg, teacher, student, beats())
+    with pytest.raises(ConfigError, match=r"distill.features\[0\].*generator only sees real beats"):
+        distill_cfg(features=[{"position": tap, "input": "fake", "distance": "at"}])
 
 
 @pytest.mark.parametrize("position,inp", [("enc.2.pre", "real"), ("dec.1.post", "real"), ("disc.2.pre", "real")])

@@ -9,7 +9,7 @@ per input however many positions are tapped (taps come out of one forward pass),
             the student's reconstruction (``disc`` KD kind)
 
 The teacher is frozen. Its BatchNorm mode is explicit: ``eval`` (running statistics) or ``train``
-(batch statistics, as Heo et al. found better; momentum 0 so its running buffers never change).
+(batch statistics, as Heo et al. found better; its running buffers never change).
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ PREPARE_BEATS = 4096  # teacher beats used by distances that fit something first
 
 
 def freeze(teacher: BeatGAN, bn_mode: str) -> None:
-    """No gradients, fixed BN mode; in ``train`` mode BN uses batch stats and never updates buffers."""
+    """No gradients, fixed BN mode; in ``train`` mode BN normalises with batch statistics and,
+    with running-statistics tracking off, never touches its buffers."""
     for net in (teacher.G, teacher.D):
         net.requires_grad_(False)
         net.eval()
@@ -35,7 +36,7 @@ def freeze(teacher: BeatGAN, bn_mode: str) -> None:
             for m in net.modules():
                 if isinstance(m, nn.BatchNorm1d):
                     m.train()
-                    m.momentum = 0.0
+                    m.track_running_stats = False
 
 
 class FeatureTerm(nn.Module):
@@ -88,8 +89,8 @@ class Distiller(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.teacher = teacher
-        freeze(teacher, cfg.teacher_bn)
         s_shapes, t_shapes = _tap_shapes(student, train_x[:2]), _tap_shapes(teacher, train_x[:2])
+        freeze(teacher, cfg.teacher_bn)
         self.features = nn.ModuleList(FeatureTerm(f, i, s_shapes, t_shapes, teacher) for i, f in enumerate(cfg.features))
         self.kd = KD_KINDS[cfg.kd.kind](cfg.kd.T, student.G.encoder.blocks[-1].conv.out_channels,
                                         teacher.G.encoder.blocks[-1].conv.out_channels)
