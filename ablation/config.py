@@ -57,9 +57,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     """BeatGAN's optimisation: Adam, betas (0.5, 0.999), batch 64, w_adv 1. The paper runs 100
-    epochs at a constant lr of 1e-4; the default here is 30 epochs at 2e-4 with cosine decay."""
+    epochs at a constant lr of 1e-4; the default here is 20 epochs at 2e-4 with cosine decay (CPU budget)."""
 
-    epochs: int = Range(1, 10_000, default=30)
+    epochs: int = Range(1, 10_000, default=20)
     batch_size: int = Range(2, 65_536, default=64)
     lr: float = Range(1e-7, 1.0, default=2e-4)  # the paper: 1e-4, constant, 100 epochs
     beta1: float = Range(0.0, 0.999, default=0.5)
