@@ -98,6 +98,39 @@ def cmd_score(args) -> None:
     print(f"wrote {len(s)} scores to {args.output}")
 
 
+def cmd_study(args) -> None:
+    """Run a study from studies/NAME.yaml (skipping finished trials), or --dry-run to list its trials."""
+    from ablation.study.spec import load_study
+    spec = load_study(args.name, args.scale)
+    if args.dry_run:
+        _print_trials(spec)
+        return
+    from ablation import tracking
+    from ablation.study.runner import run_study
+    _threads(args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, args.workers)))
+    tracking.setup(args.tracking_uri)
+    run_study(spec, workers=args.workers, storage_url=args.storage, mitdb=args.mitdb, device=args.device)
+
+
+def _print_trials(spec) -> None:
+    import pandas as pd
+    rows = [{"#": t.index, "trial": t.name, **{k: v for k, v in t.axes.items() if k != "variant"}, "key": t.key}
+            for t in spec.trials]
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f"\n{len(spec.trials)} trials; {spec.scale_summary}")
+
+
+def cmd_worker(args) -> None:
+    """Join a running study as one more worker (on this or another machine, same stores)."""
+    from ablation import tracking
+    from ablation.study.runner import parent_run, run_worker
+    from ablation.study.spec import load_study
+    _threads(args.threads)
+    tracking.setup(args.tracking_uri)
+    spec = load_study(args.name, args.scale)
+    run_worker(spec, args.storage, args.parent_run_id or parent_run(spec), mitdb=args.mitdb, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ablation", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--experiment", help="MLflow experiment (default: teachers / students by role)")
     tr.add_argument("--force", action="store_true", help="train even when a finished run has the same key")
     tr.set_defaults(func=cmd_train)
+
+    for name, func in (("study", cmd_study), ("worker", cmd_worker)):
+        sp = sub.add_parser(name, help=func.__doc__, description=func.__doc__)
+        common(sp, config=False)
+        sp.add_argument("name", help="study name (studies/NAME.yaml) or path to a study file")
+        sp.add_argument("--scale", default="cpu", help="a scale declared in the study file (default: cpu)")
+        sp.add_argument("--storage", help="Optuna storage URL of the trial queue (default: journal file under "
+                                          "runs/optuna; postgresql+psycopg2://... for several machines)")
+        if name == "study":
+            sp.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+            sp.add_argument("--dry-run", action="store_true", help="print the expanded trials and their count")
+        else:
+            sp.add_argument("--parent-run-id", help="MLflow parent run of the study (default: found by tag)")
+        sp.set_defaults(func=func)
 
     s = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
     common(s, config=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import mlflow
 import torch
@@ -55,7 +56,8 @@ def ensure_teacher(cfg: RunConfig, data: DataBundle, device: torch.device, progr
 def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None = None,
             beats: Beats | None = None, device: torch.device | str | None = None,
             experiment: str | None = None, parent_run_id: str | None = None,
-            extra_tags: dict[str, str] | None = None, progress: bool = True, skip_finished: bool = True) -> Outcome:
+            extra_tags: dict[str, str] | None = None, progress: bool = True, skip_finished: bool = True,
+            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Outcome:
     """Train `cfg` as an MLflow run (a child of `parent_run_id` when given) and log everything."""
     device = pick_device(device or cfg.train.device) if not isinstance(device, torch.device) else device
     data = data or load_data(cfg.data, mitdb, beats, progress)
@@ -80,11 +82,14 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
                           run_name=f"{cfg.role}-{key[:8]}") as run:
         tracking.log_run_inputs(cfg, tags)
         try:
-            result = train(cfg, data, device, terms, progress=progress, model=student,
-                           on_epoch=lambda epoch, row: mlflow.log_metrics(row, step=epoch))
-        except Diverged as e:
+            def log_epoch(epoch: int, row: dict[str, float]) -> None:
+                mlflow.log_metrics(row, step=epoch)
+                if on_epoch:
+                    on_epoch(epoch, row)
+
+            result = train(cfg, data, device, terms, progress=progress, model=student, on_epoch=log_epoch)
+        except Diverged as e:  # leaving the `with` block marks the run FAILED
             mlflow.set_tag("failure_reason", str(e))
-            mlflow.end_run(status="FAILED")
             raise
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_wall_seconds": result.seconds,
                             **{f"test_{k}": v for k, v in result.test.items()},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -110,7 +111,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         order = torch.randperm(len(train_x), generator=gen)[: n_batches * tc.batch_size]
         batches = order.view(n_batches, tc.batch_size).to(device)
         te = time.perf_counter()
-        for b in tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch"):
+        for b in tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not (progress and sys.stderr.isatty()),
+                      leave=False, unit="batch"):
             x = train_x[batches[b]]
             g_taps: dict[str, torch.Tensor] = {}
             fake, latent = G(x, g_taps)

@@ -1,0 +1,79 @@
+"""The shared trial queue: an Optuna storage holding one enqueued trial per study trial.
+
+Workers on one machine or many pop WAITING trials from the same storage (Optuna marks a popped
+trial RUNNING atomically, so each trial runs once), train it, and tell the result:
+
+- local default: ``JournalStorage(JournalFileBackend("runs/optuna/journal.log"))`` (several
+  processes on one machine);
+- ``sqlite:///...`` for one process, ``postgresql+psycopg2://...`` across machines (RDBStorage with
+  a heartbeat, so a crashed worker's trial is failed and re-queued).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from ablation.paths import RUNS
+
+HEARTBEAT_S = 30
+GRACE_S = 120
+
+
+def default_storage_url() -> str:
+    return os.environ.get("ABLATION_OPTUNA_STORAGE") or f"journal:{RUNS / 'optuna' / 'journal.log'}"
+
+
+def open_storage(url: str | None = None):
+    """An Optuna storage from ``journal:PATH``, ``sqlite:///...`` or ``postgresql+psycopg2://...``."""
+    url = url or default_storage_url()
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:"):
+        return RDBStorage(url)
+    return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                      engine_kwargs={"pool_pre_ping": True})
+
+
+def is_local(storage) -> bool:
+    """True where no heartbeat tells live workers from dead ones (journal files, SQLite)."""
+    return not (isinstance(storage, RDBStorage) and storage.heartbeat_interval)
+
+
+def open_study(name: str, storage, direction: str = "maximize", sampler=None, pruner=None) -> optuna.Study:
+    return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                               pruner=pruner, load_if_exists=True)
+
+
+def reconcile(study: optuna.Study, storage, keys: list[str], finished: set[str], local_owner: bool) -> dict[str, int]:
+    """Make the queue hold exactly one WAITING or RUNNING trial per unfinished key.
+
+    ``finished``: keys whose MLflow run is FINISHED (the source of truth for "done"). A RUNNING
+    trial is stale when its worker died: with a heartbeat storage Optuna fails it after the grace
+    period; with a local store, `local_owner` (this process holds the study lock, so no other
+    runner exists) fails it now. FAILED and stale trials of unfinished keys are enqueued again.
+    """
+    if not is_local(storage):
+        optuna.storages.fail_stale_trials(study)
+    live: set[str] = set()
+    stale = 0
+    for t in study.get_trials(deepcopy=False):
+        key = t.user_attrs.get("trial_key")
+        if t.state == TrialState.RUNNING and local_owner:
+            study.tell(t.number, state=TrialState.FAIL)
+            stale += 1
+        elif t.state in (TrialState.WAITING, TrialState.RUNNING) and key:
+            live.add(key)
+    queued = 0
+    for key in keys:
+        if key not in finished and key not in live:
+            study.enqueue_trial({}, user_attrs={"trial_key": key})
+            queued += 1
+    return {"finished": len(finished & set(keys)), "queued": queued, "stale_failed": stale,
+            "in_queue": len(live)}

@@ -1,0 +1,203 @@
+"""Run a study: one MLflow experiment, a parent run, one child run per trial, workers on a queue.
+
+The coordinator (`run_study`) trains the teachers the trials need, reconciles the queue with MLflow
+(finished trials are skipped, failed or interrupted ones queued again) and starts the workers;
+`run_worker` is also what a worker on another machine runs against the same stores.
+A trial is done when MLflow has a FINISHED child run tagged with its key: killing any process at
+any moment loses no finished trial, and a rerun completes the rest.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from ablation import tracking
+from ablation.data.dataset import load_data
+from ablation.data.mitdb import Beats, Protocol, load_beats
+from ablation.paths import RUNS
+from ablation.run import ensure_teacher, execute
+from ablation.study import queue
+from ablation.study.spec import StudySpec, Trial
+from ablation.train.loop import Diverged, pick_device
+
+SUMMARY_COLUMNS = ["trial", "status", "best_epoch", "best_val_auc", "test_auc", "test_ap", "test_f1", "minutes"]
+
+
+def queue_name(spec: StudySpec) -> str:
+    return f"{spec.name}@{spec.scale}"
+
+
+def _runs(experiment: str, filter_string: str) -> list:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], filter_string, max_results=50_000)
+
+
+def finished_keys(spec: StudySpec) -> set[str]:
+    return {r.data.tags["trial_key"] for r in _runs(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")}
+
+
+def parent_run(spec: StudySpec) -> str:
+    """The study's parent run, created on the first run and reused on every rerun."""
+    tag = queue_name(spec)
+    found = _runs(spec.name, f"tags.study_parent = '{tag}'")
+    if found:
+        return found[0].info.run_id
+    run = MlflowClient().create_run(tracking.experiment_id(spec.name), run_name=f"study {tag}",
+                                    tags={"study_parent": tag, "study": spec.name, "scale": spec.scale,
+                                          "mlflow.note.content": f"{spec.description}\n{spec.scale_summary}"})
+    return run.info.run_id
+
+
+@contextmanager
+def study_lock(spec: StudySpec):
+    """Yield True when this process is the only runner of the study on this machine."""
+    path = RUNS / "optuna" / f"{queue_name(spec)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            owner = True
+        except OSError:
+            owner = False
+        yield owner
+
+
+def _beats_for(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beats:
+    if beats is not None:
+        return beats
+    protocols = {Protocol(t.config.data.rpeak_check, t.config.data.rpeak_detector) for t in spec.trials}
+    if len(protocols) > 1:
+        raise ValueError(f"{spec.path}: all trials of a study must share the data protocol (rpeak settings)")
+    return load_beats(protocols.pop(), mitdb)
+
+
+def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None, mitdb: str | None = None,
+              device: str | None = None, beats: Beats | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run every unfinished trial of `spec` and return the summary table."""
+    beats = _beats_for(spec, mitdb, beats)
+    dev = pick_device(device or spec.trials[0].config.train.device)
+    teachers = {t.config.teacher_config().key(): t.config.teacher_config()
+                for t in spec.trials if t.config.role == "student"}
+    for tcfg in teachers.values():  # before any worker starts: no two workers train one teacher
+        ensure_teacher(tcfg, load_data(tcfg.data, beats=beats, progress=progress), dev, progress)
+    parent = parent_run(spec)
+    storage = queue.open_storage(storage_url)
+    study = queue.open_study(queue_name(spec), storage)
+    with study_lock(spec) as owner:
+        state = queue.reconcile(study, storage, [t.key for t in spec.trials], finished_keys(spec), owner)
+        print(f"study {spec.name}: {spec.scale_summary}; {state['finished']} finished, {state['queued']} queued, "
+              f"{state['stale_failed']} interrupted trials re-queued", flush=True)
+        if workers <= 1:
+            run_worker(spec, storage_url, parent, beats=beats, device=device, progress=progress)
+        else:
+            spawn_workers(spec, workers, storage_url, parent, mitdb, device)
+    complete = finished_keys(spec) >= {t.key for t in spec.trials}
+    MlflowClient().set_terminated(parent, "FINISHED" if complete else "FAILED")
+    table = summary(spec)
+    print(table.to_string(index=False), flush=True)
+    return table
+
+
+def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent: str,
+                  mitdb: str | None, device: str | None) -> None:
+    """Start `workers` worker processes on this machine, each with its share of the cores."""
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    cmd = [sys.executable, "-m", "ablation", "worker", str(spec.path), "--scale", spec.scale,
+           "--parent-run-id", parent, "--threads", str(threads), "--tracking-uri", mlflow.get_tracking_uri(),
+           "--storage", storage_url or queue.default_storage_url()]
+    cmd += ["--mitdb", mitdb] if mitdb else []
+    cmd += ["--device", device] if device else []
+    procs = [subprocess.Popen(cmd) for _ in range(workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"workers exited with {codes}")
+
+
+def _claim(study) -> tuple[object, str] | None:
+    """Pop one WAITING trial of the queue; None when the queue is empty."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return None
+    t = study.ask()
+    key = t.user_attrs.get("trial_key")
+    if key is None:  # another worker took the last waiting trial first; ask() made a blank one
+        t.set_user_attr("blank", True)
+        study.tell(t, state=TrialState.FAIL)
+        return None
+    return t, key
+
+
+def _kill_stale_runs(spec: StudySpec, key: str) -> None:
+    """A RUNNING MLflow run of a trial we now hold belonged to a worker that died."""
+    for r in _runs(spec.name, f"attributes.status = 'RUNNING' and tags.trial_key = '{key}'"):
+        MlflowClient().set_terminated(r.info.run_id, "KILLED")
+
+
+def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, beats: Beats | None = None,
+               mitdb: str | None = None, device: str | None = None, progress: bool = False) -> int:
+    """Train queued trials of `spec` until the queue is empty; returns how many this worker ran."""
+    beats = _beats_for(spec, mitdb, beats)
+    study = queue.open_study(queue_name(spec), queue.open_storage(storage_url))
+    by_key: dict[str, Trial] = {t.key: t for t in spec.trials}
+    n = len(spec.trials)
+    done = 0
+    while (claimed := _claim(study)) is not None:
+        ot, key = claimed
+        trial = by_key.get(key)
+        if trial is None:  # queued by another version of the study file
+            study.tell(ot, state=TrialState.FAIL)
+            continue
+        label = f"[{trial.index + 1}/{n}] {trial.name} fold={trial.axes['fold']} seed={trial.axes['seed']}"
+        print(f"{label}: start (pid {os.getpid()})", flush=True)
+        _kill_stale_runs(spec, key)
+        tags = {"trial_key": key, "study": spec.name, "scale": spec.scale, "trial_name": trial.name,
+                "optuna_trial": str(ot.number), **{f"axis.{k}": str(v) for k, v in trial.axes.items()}}
+        t0 = time.perf_counter()
+        try:
+            out = execute(trial.config, data=load_data(trial.config.data, beats=beats, progress=False),
+                          device=device, experiment=spec.name, parent_run_id=parent_run_id, extra_tags=tags,
+                          progress=progress,
+                          on_epoch=lambda e, row: print(f"{label}: epoch {e} val_auc {row['val_auc']:.4f}", flush=True))
+        except Diverged as e:
+            study.tell(ot, state=TrialState.FAIL)
+            print(f"{label}: FAILED ({e})", flush=True)
+            continue
+        except BaseException:
+            study.tell(ot, state=TrialState.FAIL)
+            raise
+        value = MlflowClient().get_run(out.run_id).data.metrics.get("best_val_auc")
+        study.tell(ot, value)
+        done += 1
+        print(f"{label}: done, best val AUC {value:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
+    return done
+
+
+def summary(spec: StudySpec) -> pd.DataFrame:
+    """One row per trial of the study file: its latest run's status and metrics."""
+    latest: dict[str, object] = {}
+    for r in sorted(_runs(spec.name, "tags.trial_key != ''"), key=lambda r: r.info.start_time):
+        k = r.data.tags["trial_key"]
+        if k not in latest or latest[k].info.status != "FINISHED":
+            latest[k] = r
+    rows = []
+    for t in spec.trials:
+        r = latest.get(t.key)
+        m = r.data.metrics if r else {}
+        minutes = (r.info.end_time - r.info.start_time) / 60_000 if r and r.info.end_time else float("nan")
+        rows.append({"trial": f"{t.name} f{t.axes['fold']} s{t.axes['seed']}",
+                     "status": r.info.status if r else "PENDING", "best_epoch": m.get("best_epoch"),
+                     "best_val_auc": m.get("best_val_auc"), "test_auc": m.get("test_auc"),
+                     "test_ap": m.get("test_ap"), "test_f1": m.get("test_f1"), "minutes": minutes})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS).round(4)
+
