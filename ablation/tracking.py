@@ -42,9 +42,9 @@ def experiment_id(name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
-        location = (RUNS / "mlartifacts" / name).as_uri()
+    location = None  # a tracking server decides its own artifact store
+    if not mlflow.get_tracking_uri().startswith(("http:", "https:")):
+        location = (RUNS / "mlartifacts" / name).as_uri()  # database store: artifacts under runs/
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created meanwhile by another worker

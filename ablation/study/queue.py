@@ -11,6 +11,8 @@ trial RUNNING atomically, so each trial runs once), train it, and tell the resul
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -65,15 +67,36 @@ def reconcile(study: optuna.Study, storage, keys: list[str], finished: set[str],
     stale = 0
     for t in study.get_trials(deepcopy=False):
         key = t.user_attrs.get("trial_key")
-        if t.state == TrialState.RUNNING and local_owner:
+        if t.state == TrialState.RUNNING and local_owner and is_local(storage):
             study.tell(t.number, state=TrialState.FAIL)
             stale += 1
         elif t.state in (TrialState.WAITING, TrialState.RUNNING) and key:
             live.add(key)
-    queued = 0
     for key in keys:
         if key not in finished and key not in live:
             study.enqueue_trial({}, user_attrs={"trial_key": key})
-            queued += 1
-    return {"finished": len(finished & set(keys)), "queued": queued, "stale_failed": stale,
-            "in_queue": len(live)}
+    return {"finished": len(finished & set(keys)), "interrupted": stale,
+            "to_run": len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))}
+
+
+@contextmanager
+def heartbeat(storage, trial: optuna.Trial):
+    """While a claimed trial runs, record heartbeats so that other runners can tell a dead worker
+    (only RDB storages with a heartbeat interval; a no-op elsewhere)."""
+    if is_local(storage):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            storage.record_heartbeat(trial._trial_id)
+            stop.wait(storage.heartbeat_interval)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

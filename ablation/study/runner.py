@@ -97,8 +97,8 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     study = queue.open_study(queue_name(spec), storage)
     with study_lock(spec) as owner:
         state = queue.reconcile(study, storage, [t.key for t in spec.trials], finished_keys(spec), owner)
-        print(f"study {spec.name}: {spec.scale_summary}; {state['finished']} finished, {state['queued']} queued, "
-              f"{state['stale_failed']} interrupted trials re-queued", flush=True)
+        print(f"study {spec.name}: {spec.scale_summary}; {state['finished']} finished, {state['interrupted']} "
+              f"interrupted (re-queued), {state['to_run']} to run", flush=True)
         if workers <= 1:
             run_worker(spec, storage_url, parent, beats=beats, device=device, progress=progress)
         else:
@@ -148,7 +148,8 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
                mitdb: str | None = None, device: str | None = None, progress: bool = False) -> int:
     """Train queued trials of `spec` until the queue is empty; returns how many this worker ran."""
     beats = _beats_for(spec, mitdb, beats)
-    study = queue.open_study(queue_name(spec), queue.open_storage(storage_url))
+    storage = queue.open_storage(storage_url)
+    study = queue.open_study(queue_name(spec), storage)
     by_key: dict[str, Trial] = {t.key: t for t in spec.trials}
     n = len(spec.trials)
     done = 0
@@ -165,10 +166,12 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
                 "optuna_trial": str(ot.number), **{f"axis.{k}": str(v) for k, v in trial.axes.items()}}
         t0 = time.perf_counter()
         try:
-            out = execute(trial.config, data=load_data(trial.config.data, beats=beats, progress=False),
-                          device=device, experiment=spec.name, parent_run_id=parent_run_id, extra_tags=tags,
-                          progress=progress,
-                          on_epoch=lambda e, row: print(f"{label}: epoch {e} val_auc {row['val_auc']:.4f}", flush=True))
+            with queue.heartbeat(storage, ot):
+                out = execute(trial.config, data=load_data(trial.config.data, beats=beats, progress=False),
+                              device=device, experiment=spec.name, parent_run_id=parent_run_id, extra_tags=tags,
+                              progress=progress,
+                              on_epoch=lambda e, row: print(f"{label}: epoch {e} val_auc {row['val_auc']:.4f}",
+                                                            flush=True))
         except Diverged as e:
             study.tell(ot, state=TrialState.FAIL)
             print(f"{label}: FAILED ({e})", flush=True)

@@ -1,0 +1,193 @@
+"""The study report: one self-contained HTML page (plotly.js inline once, in the head) and a CSV.
+
+    build_report("fd_positions", Path("dashboards"))  ->  dashboards/fd_positions.html (+ .csv)
+
+The page needs no network: plotly.js is embedded once in a ``<script>`` in the page's head and
+each figure is a ``<div>`` drawn by ``Plotly.newPlot``.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly
+from plotly.offline import get_plotlyjs
+
+from ablation.report.aggregate import (ALPHA, CONFIDENCE, METRIC_LABELS, METRICS, MIN_PAIRS, ReportData,
+                                       collect)
+from ablation.report.figures import FigureSpec, figure_specs
+
+PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0 auto;
+       max-width: 1400px; padding: 0 24px 48px; color: #222; }
+header { border-bottom: 2px solid #ddd; margin-bottom: 16px; }
+h1 { margin: 20px 0 6px; font-size: 1.6em; }
+h2 { margin-top: 36px; font-size: 1.25em; border-bottom: 1px solid #eee; padding-bottom: 4px; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; font-size: 0.92em; }
+dl.meta dt { font-weight: 600; color: #555; } dl.meta dd { margin: 0; font-family: ui-monospace, monospace; }
+table.summary { border-collapse: collapse; font-size: 0.88em; width: 100%; }
+table.summary th, table.summary td { border: 1px solid #ddd; padding: 4px 7px; text-align: right; vertical-align: top; }
+table.summary th { background: #f4f4f4; text-align: center; }
+table.summary td { white-space: nowrap; }
+table.summary td.variant { text-align: left; font-family: ui-monospace, monospace; white-space: normal;
+                           overflow-wrap: anywhere; }
+table.summary tr.baseline { background: #f3f7ff; }
+.na { color: #888; font-style: italic; font-size: 0.9em; }
+.ci { color: #666; font-size: 0.85em; white-space: nowrap; }
+.sig { font-weight: 700; color: #0a6b2d; }
+.best { font-weight: 700; }
+.notes { font-size: 0.9em; color: #444; }
+.caption { font-size: 0.9em; color: #444; margin: 4px 0 8px; }
+.missing { color: #888; font-style: italic; }
+.figure { border: 1px solid #eee; margin-bottom: 8px; }
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _isnan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _na(text: str) -> str:
+    return f'<span class="na">{_e(text)}</span>'
+
+
+def _stat_cell(row: pd.Series, m: str, best: bool) -> str:
+    mean, std, lo, hi, n = (row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_ci_low"], row[f"{m}_ci_high"],
+                            int(row["n_runs"]))
+    if _isnan(mean):
+        return _na("n/a: no value")
+    head = f'<span class="{"best" if best else ""}">{mean:.4f}</span>'
+    if n < 2 or _isnan(std):
+        return f"{head}<br>{_na(f'sd, CI n/a: {n} run')}"
+    return f'{head} &plusmn; {std:.4f}<br><span class="ci">[{lo:.4f}, {hi:.4f}]</span>'
+
+
+def _delta_cell(row: pd.Series, m: str, baseline: str) -> str:
+    if row["is_baseline"]:
+        return _na("baseline")
+    delta, p, pairs = row[f"{m}_delta"], row[f"{m}_p"], row["n_pairs"]
+    if _isnan(delta):
+        return _na("n/a: no matched (fold, seed) pairs")
+    pairs = int(pairs)
+    if _isnan(p):
+        ptext = _na(f"p n/a: {pairs} pair{'s' if pairs != 1 else ''} (needs >= {MIN_PAIRS})")
+    else:
+        ptext = f'<span class="{"sig" if p < ALPHA else ""}">p = {p:.3g}</span>'
+    return f"{delta:+.4f}<br>{ptext}"
+
+
+def _int(x: Any, fmt: str = "{:,.0f}") -> str:
+    return _na("n/a") if _isnan(x) else fmt.format(x)
+
+
+def summary_table(data: ReportData) -> str:
+    s = data.summary
+    best = s["test_auc_mean"].max() if s["test_auc_mean"].notna().any() else None
+    head = ["variant", "runs"] + [f"{METRIC_LABELS[m]}<br><small>mean &plusmn; sd [{CONFIDENCE:.0%} CI]</small>"
+                                  for m in METRICS]
+    head += ["parameters<br><small>G + D</small>", "compression<br><small>teacher / student</small>",
+             "matched pairs<br><small>(fold, seed)</small>"]
+    head += [f"&Delta; {METRIC_LABELS[m]}<br><small>vs baseline, Wilcoxon p</small>" for m in METRICS]
+    rows = []
+    for _, r in s.iterrows():
+        cells = [f'<td class="variant">{_e(r["variant"])}{" <small>(baseline)</small>" if r["is_baseline"] else ""}</td>',
+                 f'<td>{int(r["n_runs"])}</td>']
+        cells += [f"<td>{_stat_cell(r, m, m == 'test_auc' and r['test_auc_mean'] == best)}</td>" for m in METRICS]
+        cells += [f"<td>{_int(r['n_params'])}</td>", f"<td>{_int(r['compression_ratio'], '{:.2f}x')}</td>",
+                  f"<td>{'&ndash;' if r['is_baseline'] else _int(r['n_pairs'], '{:.0f}')}</td>"]
+        cells += [f"<td>{_delta_cell(r, m, data.baseline)}</td>" for m in METRICS]
+        rows.append(f'<tr class="{"baseline" if r["is_baseline"] else ""}">{"".join(cells)}</tr>')
+    return ('<table class="summary"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+            + "\n".join(rows) + "</tbody></table>")
+
+
+def figure_html(spec: FigureSpec) -> str:
+    if spec.figure is None:
+        return (f'<section class="fig-missing" data-figure="{_e(spec.id)}"><h2>{_e(spec.title)}</h2>'
+                f'<p class="missing">{_e(spec.missing)}</p></section>')
+    height = spec.figure.layout.height or 480
+    div = spec.figure.to_html(full_html=False, include_plotlyjs=False, div_id=spec.id, config=PLOTLY_CONFIG,
+                              default_height=f"{height}px", default_width="100%")
+    return (f'<section data-figure="{_e(spec.id)}"><h2>{_e(spec.title)}</h2>'
+            f'<p class="caption">{_e(spec.caption)}</p><div class="figure">{div}</div></section>')
+
+
+def render(data: ReportData, csv_name: str | None = None) -> str:
+    """The whole page as one HTML string (plotly.js inline once)."""
+    specs = figure_specs(data)
+    meta = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in data.header.items())
+    notes = [f"Baseline: <code>{_e(data.baseline)}</code>. Differences are variant minus baseline over runs "
+             f"matched on (fold, seed); p: two-sided Wilcoxon signed-rank test (scipy). With n pairs the smallest "
+             f"possible p is 2/2<sup>n</sup>, so at least {MIN_PAIRS} pairs are needed to reach p &lt; {ALPHA} "
+             f"(5 pairs: 0.0625); with fewer the page says n/a. Standard deviation and the {CONFIDENCE:.0%} "
+             "confidence interval (t-distribution) need at least 2 runs."]
+    notes += [_e(n) for n in data.notes]
+    csv_link = f'<p class="notes">Table as CSV: <a href="{_e(csv_name)}">{_e(csv_name)}</a></p>' if csv_name else ""
+    figs = "\n".join(figure_html(s) for s in specs)
+    toc = " &middot; ".join(f'<a href="#{_e(s.id)}">{_e(s.title)}</a>' if s.figure is not None else _e(s.title)
+                            for s in specs)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Study {_e(data.study)}: report</title>
+<style>{STYLE}</style>
+<script type="text/javascript">/* plotly.js {plotly.__version__} (bundled by plotly.py) */
+{get_plotlyjs()}</script>
+</head>
+<body>
+<header>
+<h1>Study <code>{_e(data.study)}</code></h1>
+<dl class="meta">{meta}</dl>
+</header>
+<nav class="notes">Figures: {toc}</nav>
+<section id="summary"><h2>Summary per variant</h2>
+{summary_table(data)}
+{csv_link}
+<ul class="notes">{"".join(f"<li>{n}</li>" for n in notes)}</ul>
+</section>
+{figs}
+</body>
+</html>
+"""
+
+
+def safe_name(study: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("._") or "study"
+
+
+def write_report(data: ReportData, out_dir: Path) -> Path:
+    """Write ``<out_dir>/<study>.html`` and ``<out_dir>/<study>.csv``; return the HTML path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = safe_name(data.study)
+    csv_path, html_path = out_dir / f"{name}.csv", out_dir / f"{name}.html"
+    data.summary.to_csv(csv_path, index=False, float_format="%.6g")
+    html_path.write_text(render(data, csv_path.name), encoding="utf-8")
+    return html_path
+
+
+def build_report(study_name: str, out_dir: Path, baseline: str | None = None, tracking_uri: str | None = None,
+                 optuna_study: Any = None, scale: str | None = None) -> Path:
+    """Read study `study_name` from MLflow and write its report; returns the HTML path.
+
+    baseline: the variant differences are taken to (default: student_alone / baseline / none, else the
+    first). tracking_uri: the MLflow store (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db).
+    optuna_study: an optuna.Study of a tuned study, adding Optuna's figures. scale: which scale's runs
+    (default: the scale of the latest finished run).
+    """
+    from ablation import tracking
+    tracking.setup(tracking_uri)
+    data = collect(study_name, baseline=baseline, scale=scale, optuna_study=optuna_study)
+    return write_report(data, out_dir)

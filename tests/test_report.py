@@ -1,0 +1,204 @@
+"""Study reports: statistics on hand-built run tables, the page from hand-built data, and one tiny real study."""
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ablation.report import aggregate as agg
+from ablation.report.figures import figure_specs
+from ablation.report.page import build_report, render, write_report
+from ablation.report.sample import run_tiny_study, synthetic_report_data
+
+FIGURE_IDS = ["fig-auc", "fig-heatmap", "fig-parcoords", "fig-roc", "fig-pr", "fig-training", "fig-compression"]
+OPTUNA_IDS = ["fig-optuna-history", "fig-optuna-importance", "fig-optuna-parcoords"]
+
+# Hand-built runs. student_alone and kd: 6 seeds each; kd also has seed 6, which the baseline lacks
+# (not a pair). few: 3 seeds. single: 1 run.
+BASE = {0: 0.900, 1: 0.910, 2: 0.905, 3: 0.920, 4: 0.915, 5: 0.895}
+KD = {0: 0.912, 1: 0.915, 2: 0.908, 3: 0.935, 4: 0.931, 5: 0.909, 6: 0.990}
+FEW = {0: 0.80, 1: 0.82, 2: 0.81}
+
+
+def _runs() -> pd.DataFrame:
+    rows = []
+    for variant, values in (("student_alone", BASE), ("kd", KD), ("few", FEW), ("single", {3: 0.7})):
+        for seed, auc in values.items():
+            rows.append({"variant": variant, "fold": 0, "seed": seed, "test_auc": auc, "test_ap": auc - 0.2,
+                         "test_f1": auc - 0.3, "n_params": 1000.0 if variant != "kd" else 500.0,
+                         "teacher_params": 4000.0, "compression_ratio": 4000 / (1000.0 if variant != "kd" else 500.0)})
+    # shuffled: pairing must follow (fold, seed), not row order
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def _row(table: pd.DataFrame, variant: str) -> pd.Series:
+    return table.set_index("variant").loc[variant]
+
+
+def test_describe_mean_std_ci_by_hand():
+    d = agg.describe([0.90, 0.92, 0.94])
+    assert d.n == 3 and d.mean == pytest.approx(0.92)
+    assert d.std == pytest.approx(0.02)  # sqrt((0.02**2 + 0 + 0.02**2) / (3 - 1))
+    half = 4.302652729749462 * 0.02 / math.sqrt(3)  # t(0.975, df=2)
+    assert (d.ci_low, d.ci_high) == (pytest.approx(0.92 - half), pytest.approx(0.92 + half))
+    one = agg.describe([0.7])
+    assert one.n == 1 and one.mean == 0.7 and math.isnan(one.std) and math.isnan(one.ci_low)
+    assert agg.describe([]).n == 0 and math.isnan(agg.describe([np.nan]).mean)
+
+
+def test_summary_statistics_and_paired_wilcoxon_by_hand():
+    table = agg.summarize(_runs(), order=["student_alone", "kd", "few", "single"])
+    assert table.attrs["baseline"] == "student_alone"  # found by name
+    assert list(table["variant"]) == ["student_alone", "kd", "few", "single"]
+    kd = _row(table, "kd")
+    values = np.array(list(KD.values()))
+    n = len(values)
+    assert kd["n_runs"] == n == 7
+    assert kd["test_auc_mean"] == pytest.approx(values.sum() / n)
+    sd = math.sqrt(((values - values.mean()) ** 2).sum() / (n - 1))
+    assert kd["test_auc_std"] == pytest.approx(sd)
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    assert kd["test_auc_ci_low"] == pytest.approx(values.mean() - half)
+    assert kd["test_auc_ci_high"] == pytest.approx(values.mean() + half)
+    # paired on the 6 common seeds; seed 6 has no baseline run
+    diffs = np.array([KD[s] - BASE[s] for s in range(6)])
+    assert kd["n_pairs"] == 6
+    assert kd["test_auc_delta"] == pytest.approx(diffs.mean())
+    assert kd["test_auc_p"] == pytest.approx(stats.wilcoxon(diffs).pvalue)
+    assert kd["test_auc_p"] == pytest.approx(2 / 2 ** 6)  # all six differences positive: exact p
+    assert kd["test_ap_p"] == pytest.approx(stats.wilcoxon(diffs).pvalue, rel=1e-6)
+    assert kd["n_params"] == 500 and kd["compression_ratio"] == 8 and kd["notes"] == ""
+    base = _row(table, "student_alone")
+    assert bool(base["is_baseline"]) and base["test_auc_delta"] == 0 and math.isnan(base["test_auc_p"])
+
+
+def test_too_few_runs_give_no_number_and_say_why():
+    table = agg.summarize(_runs(), baseline="student_alone")
+    single = _row(table, "single")
+    assert single["n_runs"] == 1 and single["test_auc_mean"] == 0.7
+    assert math.isnan(single["test_auc_std"]) and math.isnan(single["test_auc_ci_low"])
+    assert "std/CI n/a: 1 run" in single["notes"]
+    assert single["n_pairs"] == 1 and math.isnan(single["test_auc_p"])
+    assert single["test_auc_delta"] == pytest.approx(0.7 - BASE[3])
+    few = _row(table, "few")
+    assert few["n_pairs"] == 3 and math.isnan(few["test_auc_p"]) and not math.isnan(few["test_auc_std"])
+    assert f"3 pairs (Wilcoxon needs >= {agg.MIN_PAIRS}" in few["notes"]
+    none = agg.paired_test(_runs().assign(seed=lambda d: d.seed + 100 * (d.variant == "kd")), "kd", "student_alone")
+    assert none.n_pairs == 0 and math.isnan(none.delta) and "no matched" in none.note
+
+
+def test_min_pairs_is_the_smallest_n_that_can_reach_p_below_alpha():
+    n = agg.MIN_PAIRS
+    assert stats.wilcoxon(np.arange(1.0, n)).pvalue >= agg.ALPHA  # n - 1 pairs, all positive: best case
+    assert stats.wilcoxon(np.arange(1.0, n + 1)).pvalue < agg.ALPHA
+    assert agg.paired_test(pd.DataFrame({"variant": ["a"] * n + ["b"] * n, "fold": 0, "seed": list(range(n)) * 2,
+                                         "test_auc": [0.0] * n + [0.0] * n}), "b", "a").p_value == 1.0
+
+
+def test_keep_latest_finished_run_per_trial_and_per_variant_fold_seed():
+    runs = pd.DataFrame([
+        {"run_id": "a1", "trial_key": "A", "status": "FINISHED", "start_time": 1, "variant": "v", "fold": 0, "seed": 0},
+        {"run_id": "a2", "trial_key": "A", "status": "FINISHED", "start_time": 5, "variant": "v", "fold": 0, "seed": 0},
+        {"run_id": "a3", "trial_key": "A", "status": "FAILED", "start_time": 9, "variant": "v", "fold": 0, "seed": 0},
+        {"run_id": "b1", "trial_key": "B", "status": "FINISHED", "start_time": 2, "variant": "v", "fold": 0, "seed": 1},
+        {"run_id": "b2", "trial_key": "B2", "status": "FINISHED", "start_time": 3, "variant": "v", "fold": 0, "seed": 1},
+        {"run_id": "c1", "trial_key": "C", "status": "RUNNING", "start_time": 4, "variant": "w", "fold": 0, "seed": 0},
+    ])
+    kept, counts = agg.keep_latest(runs)
+    assert sorted(kept["run_id"]) == ["a2", "b2"]
+    assert counts == {"runs": 6, "not_finished": 2, "repeated": 1, "superseded": 1}
+
+
+def test_baseline_choice():
+    assert agg.default_baseline(["kd", "none", "student_alone"]) == "student_alone"
+    assert agg.default_baseline(["kd", "baseline/distill.kd.T=2"]) == "baseline/distill.kd.T=2"
+    assert agg.default_baseline(["kd", "fd"]) == "kd"
+    assert agg.resolve_baseline(["kd", "fd"], "fd") == "fd"
+    with pytest.raises(ValueError, match="not a variant"):
+        agg.resolve_baseline(["kd", "fd"], "student_alone")
+
+
+def test_axis_values_are_numbers_where_they_are_numbers():
+    assert agg.axis_value("4.0") == 4.0 and agg.axis_value("3") == 3 and isinstance(agg.axis_value("3"), int)
+    assert agg.axis_value("score_kl") == "score_kl"
+
+
+def _div_ids(page: str) -> set[str]:
+    return set(re.findall(r'<div id="([^"]+)" class="plotly-graph-div"', page))
+
+
+def test_page_from_hand_built_data_has_every_figure_table_and_header(tmp_path):
+    data = synthetic_report_data()
+    path = write_report(data, tmp_path)
+    page = path.read_text()
+    assert path.name == "synthetic_demo.html" and _div_ids(page) == set(FIGURE_IDS)
+    # plotly.js inline exactly once, nothing fetched from the network
+    assert page.count("/* plotly.js") == 1 and not re.search(r"<(script|link)[^>]*(src|href)=", page)
+    for text in ("synthetic_demo", "epochs", "train subset", "folds", "seeds", "git commit", "0123456789ab",
+                 "report date", "Wilcoxon", f"at least {agg.MIN_PAIRS} pairs", "student_alone/distill.kd.T=2.0/model.ndf=4"):
+        assert text in page
+    csv = pd.read_csv(tmp_path / "synthetic_demo.csv")
+    assert len(csv) == 8 and csv["n_runs"].eq(6).all()
+    for col in ("test_auc_mean", "test_auc_std", "test_auc_ci_low", "test_auc_ci_high", "test_ap_mean",
+                "test_f1_mean", "n_params", "compression_ratio", "n_pairs", "test_auc_delta", "test_auc_p"):
+        assert col in csv
+    assert csv["test_auc_p"].notna().sum() == 7  # every variant but the baseline, 6 pairs each
+
+
+def test_every_figure_has_a_title_and_axis_labels():
+    for spec in figure_specs(synthetic_report_data()):
+        fig = spec.figure
+        assert fig is not None, spec.id
+        assert fig.layout.title.text, spec.id
+        if spec.id == "fig-parcoords":
+            assert all(d.label for d in fig.data[0].dimensions)
+            continue
+        axes = [k for k in fig.layout.to_plotly_json() if re.fullmatch(r"[xy]axis\d*", k)]
+        assert axes, spec.id
+        for k in axes:
+            assert fig.layout[k].title.text, f"{spec.id} {k}"
+
+
+def test_page_with_too_few_runs_says_so(tmp_path):
+    data = synthetic_report_data(seeds=1, grid=False)
+    page = render(data)
+    assert "sd, CI n/a: 1 run" in page and "p n/a: 1 pair (needs &gt;= 6)" in page
+    assert "fig-heatmap" not in _div_ids(page) and "a heatmap needs exactly two" in page
+    assert _div_ids(page) == set(FIGURE_IDS) - {"fig-heatmap"}
+
+
+def test_optuna_figures_are_optional(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="tuned")
+    study.optimize(lambda t: -(t.suggest_float("lr", 1e-4, 1e-2, log=True) - 3e-3) ** 2 + t.suggest_int("ndf", 2, 8) * 1e-6,
+                   n_trials=8)
+    page = render(synthetic_report_data(optuna_study=study))
+    assert _div_ids(page) == set(FIGURE_IDS + OPTUNA_IDS)
+    empty = render(synthetic_report_data(optuna_study=optuna.create_study()))
+    assert not (_div_ids(empty) & set(OPTUNA_IDS)) and "not drawn" in empty
+
+
+def test_build_report_from_a_tiny_real_study(tmp_path, tracking_store):
+    """End to end: train 2 variants x 3 seeds on synthetic beats into MLflow, then report them."""
+    run_tiny_study(tmp_path)
+    path = build_report("report_tiny", tmp_path / "dash")
+    page = path.read_text()
+    assert path == tmp_path / "dash" / "report_tiny.html" and (tmp_path / "dash" / "report_tiny.csv").exists()
+    assert _div_ids(page) == set(FIGURE_IDS) - {"fig-heatmap"}
+    csv = pd.read_csv(tmp_path / "dash" / "report_tiny.csv").set_index("variant")
+    assert list(csv.index) == ["student_alone", "kd_score_kl"] and csv["n_runs"].eq(3).all()
+    assert bool(csv.loc["student_alone", "is_baseline"]) and csv.loc["kd_score_kl", "n_pairs"] == 3
+    assert math.isnan(csv.loc["kd_score_kl", "test_auc_p"]) and csv["test_auc_std"].notna().all()
+    assert csv.loc["kd_score_kl", "compression_ratio"] > 1
+    assert "teacher: AUC" in page and "[baseline]" in page and "loss_kd_score_kl" in page
+    assert "epochs</dt><dd>2<" in page and "train subset (beats)</dt><dd>256<" in page
+    from ablation.report.aggregate import collect
+    data = collect("report_tiny", baseline="kd_score_kl")
+    assert data.baseline == "kd_score_kl" and len(data.runs) == 6 and len(data.teachers) == 1
+    assert {c.kind for c in data.curves} == {"top", "baseline", "teacher"}
+    assert set(data.history["metric"]) >= {"val_auc", "loss_d", "loss_g_rec", "loss_g_adv", "loss_kd_score_kl"}
+    with pytest.raises(LookupError, match="no MLflow experiment"):
+        build_report("no_such_study", tmp_path)

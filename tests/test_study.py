@@ -1,0 +1,162 @@
+"""Study files: expansion, validation errors, resume after SIGKILL, the NaN path, two local workers."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ablation.config import ConfigError
+from ablation.study.spec import load_study
+
+TINY_BASE = {"role": "student", "data": {"train_subset": 256, "val_subset": 200},
+             "model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 1, "device": "cpu"},
+             "distill": {"teacher": {"ndf": 4, "ngf": 4, "nz": 8}, "teacher_train": {"epochs": 1},
+                         "teacher_train_subset": 256}}
+
+
+def write(tmp_path: Path, d: dict, name: str = "s.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return p
+
+
+def test_expansion_counts_names_and_axes(tmp_path):
+    d = {"name": "t", "base": TINY_BASE,
+         "variants": [{"name": "alone"}, {"name": "kd", "set": {"distill.kd.kind": "score_kl"}}],
+         "grid": {"distill.kd.T": [1.0, 4.0], "train.lr": [1e-4, 2e-4, 3e-4]},
+         "folds": [0, 1], "seeds": [0, 1]}
+    spec = load_study(write(tmp_path, d))
+    assert len(spec.trials) == 2 * 2 * 3 * 2 * 2
+    t = spec.trials[-1]
+    assert t.name == "kd/distill.kd.T=4.0/train.lr=0.0003"
+    assert t.axes == {"variant": "kd", "distill.kd.T": 4.0, "train.lr": 3e-4, "fold": 1, "seed": 1}
+    assert t.config.distill.kd.kind == "score_kl" and t.config.data.fold == 1 and t.config.train.seed == 1
+    assert len({x.key for x in spec.trials}) == len(spec.trials)
+
+
+def test_keys_stable_under_key_order(tmp_path):
+    d = {"name": "t", "base": TINY_BASE, "grid": {"train.lr": [1e-4, 2e-4]}, "seeds": [0, 1]}
+    reordered = {"seeds": [0, 1], "grid": {"train.lr": [1e-4, 2e-4]}, "name": "t",
+                 "base": {k: TINY_BASE[k] for k in reversed(list(TINY_BASE))}}
+    a = load_study(write(tmp_path, d, "a.yaml"))
+    b = load_study(write(tmp_path, reordered, "b.yaml"))
+    assert [t.key for t in a.trials] == [t.key for t in b.trials]
+
+
+def test_scales_select_knobs(tmp_path):
+    d = {"name": "t", "base": TINY_BASE, "scales": {"cpu": {"train.epochs": 2}, "full": {"train.epochs": 100}}}
+    assert load_study(write(tmp_path, d)).trials[0].config.train.epochs == 2
+    assert load_study(write(tmp_path, d), "full").trials[0].config.train.epochs == 100
+    with pytest.raises(ConfigError, match="no 'gpu'; allowed values: cpu, full"):
+        load_study(write(tmp_path, d), "gpu")
+
+
+@pytest.mark.parametrize("patch,message", [
+    ({"bogus": 1}, "unknown key `bogus`"),
+    ({"variants": [{"name": "a", "set": {"train.lrr": 1}}]}, "unknown key `train.lrr`"),
+    ({"variants": [{"name": "a", "set": {"train.epochs": "many"}}]}, "`train.epochs` must be int"),
+    ({"folds": [7]}, "`data.fold` = 7 is out of range [0, 4]"),
+    ({"grid": {"distill.kd.kind": ["kl"]}}, "`distill.kd.kind` is 'kl'; allowed values:"),
+    ({"grid": {"train.lr_schedule": ["step"]}}, "allowed values: 'constant', 'cosine'"),
+    ({"seeds": []}, "`seeds` must be a non-empty list"),
+    ({"variants": [{"name": "a"}, {"name": "a"}]}, "variant names must be unique"),
+])
+def test_validation_errors_name_file_and_key(tmp_path, patch, message):
+    path = write(tmp_path, {"name": "t", "base": TINY_BASE, **patch})
+    with pytest.raises(ConfigError) as e:
+        load_study(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_unknown_study_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="smoke"):
+        load_study("no_such_study")
+
+
+def test_shipped_studies_expand():
+    for name in ("smoke",):
+        assert load_study(name).trials
+
+
+def test_diverged_trial_fails_with_reason_and_study_goes_on(tmp_path, tracking_store, synthetic):
+    from ablation.study.runner import run_study
+    d = {"name": "nan_study", "base": TINY_BASE,
+         "variants": [{"name": "explodes", "set": {"train.w_adv": 1.0e39}}, {"name": "fine"}]}
+    table = run_study(load_study(write(tmp_path, d)), beats=synthetic, progress=False,
+                      storage_url=f"journal:{tmp_path / 'journal.log'}")
+    assert list(table.status) == ["FAILED", "FINISHED"]
+    exp = MlflowClient().get_experiment_by_name("nan_study")
+    failed = MlflowClient().search_runs([exp.experiment_id], "attributes.status = 'FAILED' and tags.trial_key != ''")
+    assert len(failed) == 1 and "non-finite" in failed[0].data.tags["failure_reason"]
+
+
+def _study_cmd(path, runs, mitdb, *extra):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # mlflow exports it
+    env["ABLATION_RUNS"] = str(runs)
+    cmd = [sys.executable, "-m", "ablation", "study", str(path), "--mitdb", str(mitdb), "--threads", "1", *extra]
+    return cmd, env
+
+
+def _finished(runs: Path, study: str) -> dict[str, list[str]]:
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(study)
+    out: dict[str, list[str]] = {}
+    for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.trial_key != ''"):
+        out.setdefault(r.data.tags["trial_key"], []).append(r.info.run_id)
+    return out
+
+
+def test_resume_after_sigkill_mid_trial(tmp_path, mitdb):
+    """Kill the runner (SIGKILL) during the second trial; the rerun trains only what is missing."""
+    d = {"name": "resume", "base": {**TINY_BASE, "train": {"epochs": 3, "device": "cpu"},
+                                    "data": {"train_subset": 2048, "val_subset": 300}},
+         "variants": [{"name": "a"}, {"name": "b", "set": {"distill.kd.kind": "recon"}},
+                      {"name": "c", "set": {"distill.kd.kind": "score_kl"}}]}
+    path = write(tmp_path, d)
+    runs = tmp_path / "runs"
+    cmd, env = _study_cmd(path, runs, mitdb)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "[2/3]" in line and "epoch 0" in line:  # inside trial 2, trial 1 finished
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    before = _finished(runs, "resume")
+    assert len(before) == 1
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 finished, 1 interrupted (re-queued), 2 to run" in out.stdout
+    after = _finished(runs, "resume")
+    keys = {t.key for t in load_study(path).trials}
+    assert set(after) == keys and all(len(v) == 1 for v in after.values())  # each trial exactly once
+    (k0, ids0), = before.items()
+    assert after[k0] == ids0  # the finished trial was not redone
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("resume")
+    killed = client.search_runs([exp.experiment_id], "attributes.status = 'KILLED'")
+    assert len(killed) == 1  # the interrupted run is marked, not left RUNNING
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert "3 finished, 0 interrupted (re-queued), 0 to run" in again.stdout
+
+
+def test_two_local_workers_share_the_queue(tmp_path, mitdb):
+    d = {"name": "two", "base": {**TINY_BASE, "data": {"train_subset": 512, "val_subset": 300}},
+         "variants": [{"name": "a"}, {"name": "b", "set": {"distill.kd.kind": "recon"}}], "seeds": [0, 1]}
+    path = write(tmp_path, d)
+    runs = tmp_path / "runs"
+    cmd, env = _study_cmd(path, runs, mitdb, "--workers", "2")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = _finished(runs, "two")
+    assert set(after) == {t.key for t in load_study(path).trials}
+    assert all(len(v) == 1 for v in after.values())
+    pids = {line.split("(pid ")[1].rstrip(")\n") for line in out.stdout.splitlines() if "start (pid" in line}
+    assert len(pids) >= 1
