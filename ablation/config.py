@@ -275,14 +275,26 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def set_dotted(d: dict, dotted: str, value: Any) -> dict:
-    """Return a copy of `d` with `a.b.c` set to `value` (used by CLI overrides and study axes)."""
-    keys = dotted.split(".")
-    over: dict = {}
-    cur = over
-    for k in keys[:-1]:
-        cur = cur.setdefault(k, {})
-    cur[keys[-1]] = value
-    return deep_merge(d, over)
+    """Return a copy of `d` with `a.b.c` set to `value` (used by CLI overrides and study axes).
+
+    A numeric part indexes an existing list: ``distill.features.0.position``. A mapping value is
+    merged into an existing mapping (``model: {ndf: 4, ngf: 4}`` keeps ``model.nz``).
+    """
+    head, _, rest = dotted.partition(".")
+    if isinstance(d, list):
+        if not head.isdigit() or int(head) >= len(d):
+            raise ConfigError(f"`{dotted}`: {head!r} is not an index of a list of {len(d)} items")
+        out_list = list(d)
+        out_list[int(head)] = set_dotted(d[int(head)], rest, value) if rest else value
+        return out_list
+    out = dict(d or {})
+    if not rest:
+        old = out.get(head)
+        out[head] = deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    else:
+        child = out.get(head)
+        out[head] = set_dotted(child if isinstance(child, (dict, list)) else {}, rest, value)
+    return out
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -34,9 +34,9 @@ dl.meta dt { font-weight: 600; color: #555; } dl.meta dd { margin: 0; font-famil
 table.summary { border-collapse: collapse; font-size: 0.88em; width: 100%; }
 table.summary th, table.summary td { border: 1px solid #ddd; padding: 4px 7px; text-align: right; vertical-align: top; }
 table.summary th { background: #f4f4f4; text-align: center; }
-table.summary td { white-space: nowrap; }
-table.summary td.variant { text-align: left; font-family: ui-monospace, monospace; white-space: normal;
-                           overflow-wrap: anywhere; }
+table.summary td.variant { text-align: left; font-family: ui-monospace, monospace; min-width: 12em; }
+.tablewrap { overflow-x: auto; }
+.num { white-space: nowrap; }
 table.summary tr.baseline { background: #f3f7ff; }
 .na { color: #888; font-style: italic; font-size: 0.9em; }
 .ci { color: #666; font-size: 0.85em; white-space: nowrap; }
@@ -66,10 +66,10 @@ def _stat_cell(row: pd.Series, m: str, best: bool) -> str:
                             int(row["n_runs"]))
     if _isnan(mean):
         return _na("n/a: no value")
-    head = f'<span class="{"best" if best else ""}">{mean:.4f}</span>'
+    head = f'<span class="num{" best" if best else ""}">{mean:.4f}</span>'
     if n < 2 or _isnan(std):
         return f"{head}<br>{_na(f'sd, CI n/a: {n} run')}"
-    return f'{head} &plusmn; {std:.4f}<br><span class="ci">[{lo:.4f}, {hi:.4f}]</span>'
+    return f'{head} <span class="num">&plusmn; {std:.4f}</span><br><span class="ci">[{lo:.4f}, {hi:.4f}]</span>'
 
 
 def _delta_cell(row: pd.Series, m: str, baseline: str) -> str:
@@ -83,7 +83,7 @@ def _delta_cell(row: pd.Series, m: str, baseline: str) -> str:
         ptext = _na(f"p n/a: {pairs} pair{'s' if pairs != 1 else ''} (needs >= {MIN_PAIRS})")
     else:
         ptext = f'<span class="{"sig" if p < ALPHA else ""}">p = {p:.3g}</span>'
-    return f"{delta:+.4f}<br>{ptext}"
+    return f'<span class="num">{delta:+.4f}</span><br>{ptext}'
 
 
 def _int(x: Any, fmt: str = "{:,.0f}") -> str:
@@ -100,15 +100,16 @@ def summary_table(data: ReportData) -> str:
     head += [f"&Delta; {METRIC_LABELS[m]}<br><small>vs baseline, Wilcoxon p</small>" for m in METRICS]
     rows = []
     for _, r in s.iterrows():
-        cells = [f'<td class="variant">{_e(r["variant"])}{" <small>(baseline)</small>" if r["is_baseline"] else ""}</td>',
+        name = _e(r["variant"]).replace("/", "/<wbr>")
+        cells = [f'<td class="variant">{name}{" <small>(baseline)</small>" if r["is_baseline"] else ""}</td>',
                  f'<td>{int(r["n_runs"])}</td>']
         cells += [f"<td>{_stat_cell(r, m, m == 'test_auc' and r['test_auc_mean'] == best)}</td>" for m in METRICS]
         cells += [f"<td>{_int(r['n_params'])}</td>", f"<td>{_int(r['compression_ratio'], '{:.2f}x')}</td>",
                   f"<td>{'&ndash;' if r['is_baseline'] else _int(r['n_pairs'], '{:.0f}')}</td>"]
         cells += [f"<td>{_delta_cell(r, m, data.baseline)}</td>" for m in METRICS]
         rows.append(f'<tr class="{"baseline" if r["is_baseline"] else ""}">{"".join(cells)}</tr>')
-    return ('<table class="summary"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
-            + "\n".join(rows) + "</tbody></table>")
+    return ('<div class="tablewrap"><table class="summary"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
+            + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>")
 
 
 def figure_html(spec: FigureSpec) -> str:

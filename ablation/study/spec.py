@@ -3,13 +3,14 @@
     name: fd_positions
     description: ...
     base:      {a RunConfig: data, model, train, distill}
-    scales:    {cpu: {dotted.key: value, ...}, full: {...}}   # named scale knobs; cpu is the default
-    variants:  [{name: baseline, set: {dotted.key: value}}, ...]   # optional, named
+    scales:    {cpu: {dotted.key: value, folds: [0], ...}, full: {...}}  # named scale knobs (cpu: default)
+    variants:  [{name: baseline, set: {dotted.key: value}, grid: {...}}, ...]  # optional, named
     grid:      {dotted.key: [v1, v2], ...}                        # optional, Cartesian product
     folds:     [0, 1, 2]                                          # the data.fold axis
     seeds:     [0, 1]                                             # the train.seed axis
 
-Trials are variants x grid x folds x seeds. Every trial's config is validated before anything
+Trials are, for each variant, (top-level grid x the variant's own grid) x folds x seeds. A dotted
+key may index a list: ``distill.features.0.position``. A scale may also set ``folds`` and ``seeds``. Every trial's config is validated before anything
 trains; its key is a hash of its resolved config, so it is stable under key order and reordering
 of the file.
 """
@@ -74,6 +75,21 @@ def _list_of(value: Any, key: str, src: str, item_type: type) -> list:
     return value
 
 
+def _compact(value: Any) -> Any:
+    """A grid value as it appears in trial names and axes: mappings as ``k=v,k=v``."""
+    return ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+
+
+def _grid(grid: Any, where: str, src: str) -> dict[str, list]:
+    if grid is None:
+        return {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{src}: `{where}` must map dotted keys to lists of values")
+    for k, vals in grid.items():
+        _list_of(vals, f"{where}.{k}", src, object)
+    return grid
+
+
 def load_study(name_or_path: str | Path, scale: str = "cpu") -> StudySpec:
     """Expand and validate a study file; any error names the file and the key path."""
     path = study_path(name_or_path)
@@ -86,22 +102,23 @@ def load_study(name_or_path: str | Path, scale: str = "cpu") -> StudySpec:
     scales = d.get("scales") or {"cpu": {}}
     if scale not in scales:
         raise ConfigError(f"{src}: `scales` has no {scale!r}; allowed values: {', '.join(scales)}")
-    for key, value in (scales[scale] or {}).items():
+    knobs = dict(scales[scale] or {})
+    for axis in ("folds", "seeds"):
+        if axis in knobs:
+            d = {**d, axis: knobs.pop(axis)}
+    for key, value in knobs.items():
         base = set_dotted(base, key, value)
     variants = d.get("variants") or [{"name": "base", "set": {}}]
     if not isinstance(variants, list):
         raise ConfigError(f"{src}: `variants` must be a list of {{name, set}} mappings")
     for i, v in enumerate(variants):
-        if not isinstance(v, dict) or set(v) - {"name", "set"} or "name" not in v:
-            raise ConfigError(f"{src}: `variants[{i}]` must be a mapping with `name` and optional `set`, got {v!r}")
+        if not isinstance(v, dict) or set(v) - {"name", "set", "grid"} or "name" not in v:
+            raise ConfigError(f"{src}: `variants[{i}]` must be a mapping with `name` and optional `set` "
+                              f"and `grid`, got {v!r}")
     names = [v["name"] for v in variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"{src}: variant names must be unique, got {names}")
-    grid = d.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{src}: `grid` must map dotted keys to lists of values")
-    for k, vals in grid.items():
-        _list_of(vals, f"grid.{k}", src, object)
+    top_grid = _grid(d.get("grid"), "grid", src)
     folds = _list_of(d.get("folds", [base.get("data", {}).get("fold", 0)]), "folds", src, int)
     seeds = _list_of(d.get("seeds", [base.get("train", {}).get("seed", 0)]), "seeds", src, int)
 
@@ -110,6 +127,7 @@ def load_study(name_or_path: str | Path, scale: str = "cpu") -> StudySpec:
         vbase = base
         for key, value in (variant.get("set") or {}).items():
             vbase = set_dotted(vbase, key, value)
+        grid = {**top_grid, **_grid(variant.get("grid"), f"variants[{variant['name']}].grid", src)}
         for combo in itertools.product(*grid.values()) if grid else [()]:
             gvals = dict(zip(grid, combo))
             cbase = vbase
@@ -119,8 +137,9 @@ def load_study(name_or_path: str | Path, scale: str = "cpu") -> StudySpec:
                 cfg_dict = set_dotted(set_dotted(cbase, "data.fold", fold), "train.seed", seed)
                 label = f"{src} (variant {variant['name']!r}" + (f", grid {gvals}" if gvals else "") + ")"
                 cfg = from_dict(RunConfig, cfg_dict, src=label)
-                name = "/".join([variant["name"]] + [f"{k}={v}" for k, v in gvals.items()])
-                axes = {"variant": variant["name"], **gvals, "fold": fold, "seed": seed}
+                shown = {k: _compact(v) for k, v in gvals.items()}
+                name = "/".join([variant["name"]] + [f"{k}={v}" for k, v in shown.items()])
+                axes = {"variant": variant["name"], **shown, "fold": fold, "seed": seed}
                 trials.append(Trial(len(trials), name, axes, cfg))
     keys = [t.key for t in trials]
     if len(set(keys)) != len(keys):
