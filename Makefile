@@ -9,7 +9,7 @@ NAME    ?= smoke
 WORKERS ?= 1
 ARGS    ?=
 
-.PHONY: venv test data teacher study ui clean
+.PHONY: venv test data teacher study report ui clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ teacher: venv
 
 study: venv
 	$(BIN)/python -m ablation study $(NAME) --workers $(WORKERS) $(ARGS)
+
+report: venv
+	$(BIN)/python -m ablation report $(NAME) $(ARGS)
 
 ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000

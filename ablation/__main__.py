@@ -131,6 +131,15 @@ def cmd_worker(args) -> None:
     run_worker(spec, args.storage, args.parent_run_id or parent_run(spec), mitdb=args.mitdb, device=args.device)
 
 
+def cmd_report(args) -> None:
+    """Write dashboards/NAME.html (and .csv): the study's runs compared, with statistics."""
+    from ablation import tracking
+    from ablation.report import build_report
+    tracking.setup(args.tracking_uri)
+    path = build_report(args.name, Path(args.out), baseline=args.baseline, scale=args.scale)
+    print(f"wrote {path} and {path.with_suffix('.csv')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ablation", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--parent-run-id", help="MLflow parent run of the study (default: found by tag)")
         sp.set_defaults(func=func)
 
+    r = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    r.add_argument("name", help="study name (its MLflow experiment)")
+    r.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "dashboards"), help="output folder")
+    r.add_argument("--baseline", help="variant to compare against (default: student_alone if present)")
+    r.add_argument("--scale", help="which scale's runs (default: the latest run's)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    r.set_defaults(func=cmd_report)
+
     s = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
     common(s, config=False)
     s.add_argument("--model", required=True, help="MLflow run id or checkpoint path")
@@ -194,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, LookupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -481,3 +481,39 @@ def test_without_normalize_terms_are_raw():
     with torch.no_grad():
         t_recon = teacher.G(x)[0]
     assert v.item() == pytest.approx(torch.nn.functional.mse_loss(fake, t_recon).item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Teacher outputs on the real training beats are cached (eval BN) and equal to live passes
+# ------------------------------------------------------------------------------------------------
+def _loop_taps(student: BeatGAN, x: torch.Tensor):
+    g: dict = {}
+    fake, latent = student.G(x, g)
+    df: dict = {}
+    dr: dict = {}
+    student.D(fake, df)
+    student.D(x, dr)
+    return fake, latent, tap_dict(real={**g, **dr}, fake=df)
+
+
+@pytest.mark.parametrize("kd", ["recon", "disc"])
+def test_cached_teacher_outputs_equal_live_passes(kd):
+    teacher, student = models()
+    train_x = beats(40, seed=3)
+    feats = [{"position": "enc.1.pre", "distance": "l2"}, {"position": "disc.2.pre", "input": "real", "distance": "at"}]
+    d = Distiller(distill_cfg(kd, features=feats), teacher, student, train_x)
+    assert set(d.cache) == {"G:real", "D:real"}
+    idx = torch.tensor([3, 17, 5, 30, 8, 21, 0, 39])
+    x = train_x[idx]
+    fake, latent, taps = _loop_taps(student, x)
+    for step_terms in (lambda i: d.g_terms(x, fake, latent, taps, i), lambda i: d.d_terms(x, fake.detach(), taps, i)):
+        cached, live = step_terms(idx), step_terms(None)
+        assert cached.keys() == live.keys() and cached
+        for k in cached:
+            torch.testing.assert_close(cached[k], live[k], rtol=1e-4, atol=1e-6)
+
+
+def test_no_cache_when_teacher_bn_uses_batch_statistics():
+    teacher, student = models()
+    d = Distiller(distill_cfg("recon", teacher_bn="train"), teacher, student, beats(16))
+    assert d.cache == {}

@@ -84,7 +84,7 @@ def test_too_few_runs_give_no_number_and_say_why():
     assert single["test_auc_delta"] == pytest.approx(0.7 - BASE[3])
     few = _row(table, "few")
     assert few["n_pairs"] == 3 and math.isnan(few["test_auc_p"]) and not math.isnan(few["test_auc_std"])
-    assert f"3 pairs (Wilcoxon needs >= {agg.MIN_PAIRS}" in few["notes"]
+    assert f"Wilcoxon n/a: 3 pairs (needs >= {agg.MIN_PAIRS} to reach p < 0.05)" in few["notes"]
     none = agg.paired_test(_runs().assign(seed=lambda d: d.seed + 100 * (d.variant == "kd")), "kd", "student_alone")
     assert none.n_pairs == 0 and math.isnan(none.delta) and "no matched" in none.note
 

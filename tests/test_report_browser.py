@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from ablation.paths import PROJECT_ROOT
+from ablation.paths import RUNS
 from ablation.report.page import build_report, write_report
 from ablation.report.sample import run_tiny_study, synthetic_report_data
 
-SCREENSHOT = PROJECT_ROOT / "dashboards" / "screenshot.png"
+SCREENSHOT = RUNS / "screenshot.png"  # tests write under the temporary runs/, never into the repo
 WINDOW = (1400, 3000)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -69,9 +69,13 @@ class _FigureScan(HTMLParser):
         self.plots: set[str] = set()
         self.drawn: set[str] = set()
         self.errors = ""
+        self.text: list[str] = []  # text outside <script> and <style>
+        self._skip = 0
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if tag in ("script", "style"):
+            self._skip += 1
         classes = (a.get("class") or "").split()
         if tag == "html":
             self.errors = a.get("data-js-errors") or ""
@@ -83,8 +87,14 @@ class _FigureScan(HTMLParser):
             self.drawn.update(i for i in self.stack if i)
 
     def handle_endtag(self, tag):
+        if tag in ("script", "style"):
+            self._skip = max(0, self._skip - 1)
         if tag == "div" and self.stack:
             self.stack.pop()
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.text.append(data)
 
 
 def _load(chromium: str, page: Path) -> tuple[_FigureScan, str, str]:
@@ -107,7 +117,7 @@ def _check_page(chromium: str, page: Path, expected: set[str]) -> None:
     assert not uncaught, "\n".join(uncaught)
     assert scan.plots == expected, f"Plotly divs {sorted(scan.plots)}, expected {sorted(expected)}"
     assert scan.drawn >= expected, f"figures not drawn: {sorted(expected - scan.drawn)}"
-    assert "WebGL is not supported" not in dom
+    assert "WebGL is not supported" not in " ".join(scan.text), "a WebGL figure could not be drawn"
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +147,15 @@ def test_real_report_renders_and_screenshot(chromium, real_report):
     head = SCREENSHOT.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == WINDOW
     assert SCREENSHOT.stat().st_size > 50_000  # a blank page compresses to a few kB
+
+
+def test_the_check_catches_errors_and_undrawn_figures(chromium, tmp_path):
+    """The checker itself: a thrown error and a figure div that was never drawn are both reported."""
+    page = tmp_path / "broken.html"
+    page.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><h1>x</h1>'
+                    '<div id="fig-auc" class="plotly-graph-div js-plotly-plot"></div>'
+                    '<script>throw new Error("boom");</script></body></html>')
+    scan, _, _ = _load(chromium, page)
+    assert "boom" in scan.errors and scan.plots == {"fig-auc"} and not scan.drawn
+    with pytest.raises(AssertionError, match="JavaScript errors"):
+        _check_page(chromium, page, {"fig-auc"})

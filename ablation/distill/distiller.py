@@ -8,11 +8,15 @@ per input however many positions are tapped (taps come out of one forward pass),
     D step: teacher D on the real beats (``disc`` taps on ``real``, the ``disc`` KD kind) and on
             the student's reconstruction (``disc`` KD kind)
 
+Passes on the real training beats are computed once and cached when the teacher's BN is in eval
+mode (they never change); passes on the student's reconstruction run every step.
+
 The teacher is frozen. Its BatchNorm mode is explicit: ``eval`` (running statistics) or ``train``
 (batch statistics, as Heo et al. found better; its running buffers never change).
 """
 from __future__ import annotations
 
+import math
 import torch
 from torch import Tensor, nn
 
@@ -24,6 +28,7 @@ from ablation.distill.positions import Position
 from ablation.models.beatgan import BeatGAN, anomaly_score, bn_before
 
 PREPARE_BEATS = 4096  # teacher beats used by distances that fit something first (ft, partial_l2 w/o BN)
+CACHE_BYTES = 2 * 1024 ** 3  # cap on the teacher outputs cached for the real training beats
 
 
 def freeze(teacher: BeatGAN, bn_mode: str) -> None:
@@ -97,6 +102,7 @@ class Distiller(nn.Module):
         self.kd_name = f"kd_{cfg.kd.kind}"
         self.to(train_x.device)
         self._prepare(train_x[:PREPARE_BEATS])
+        self.cache = self._build_cache(train_x, t_shapes)
         self.scale: dict[str, Tensor] = {}  # per-term 1/|value at the first batch| when cfg.normalize
 
     # -- teacher passes, each network once per input ------------------------------------------
@@ -111,34 +117,75 @@ class Distiller(nn.Module):
             need |= {"D:real", "D:fake"} if self.kd.step == "D" else {"G:real"}
         return need
 
-    def _teacher_taps(self, need: set[str], x: Tensor, fake: Tensor) -> tuple[dict[str, Tensor], Outputs]:
+    def _wanted(self, npass: str) -> set[str]:
+        """The keys of a teacher pass that some term reads (taps as ``<input>:<tap>``, outputs as ``out:*``)."""
+        inp = npass.split(":")[1]
+        keys = {p.key for t in self.features if t.cfg.target == "teacher" for p in t.positions
+                if (p.net == "disc") == npass.startswith("D") and p.input == inp}
+        if self.cfg.kd.kind != "none":
+            keys |= {"out:recon", "out:latent", "out:score"} if npass == "G:real" and self.kd.step == "G" else set()
+            keys |= {f"out:logit_{inp}"} if npass.startswith("D") and self.kd.step == "D" else set()
+        return keys
+
+    def _teacher_pass(self, npass: str, batch: Tensor) -> dict[str, Tensor]:
+        """One teacher forward pass (``G:real``, ``D:real`` or ``D:fake``) under no_grad."""
+        inp = npass.split(":")[1]
         taps: dict[str, Tensor] = {}
-        out = Outputs()
         with torch.no_grad():
-            if "G:real" in need:
-                g: dict[str, Tensor] = {}
-                recon, z = self.teacher.G(x, g)
-                taps.update({f"real:{k}": v for k, v in g.items()})
-                out.recon, out.latent, out.score = recon, z.flatten(1), anomaly_score(x, recon)
-            for inp, batch in (("real", x), ("fake", fake)):
-                if f"D:{inp}" in need:
-                    d: dict[str, Tensor] = {}
-                    logit, _ = self.teacher.D(batch.detach(), d)
-                    taps.update({f"{inp}:{k}": v for k, v in d.items()})
-                    setattr(out, f"logit_{inp}", logit)
-        return taps, out
+            if npass.startswith("G"):
+                recon, z = self.teacher.G(batch, taps)
+                out = {"out:recon": recon, "out:latent": z.flatten(1), "out:score": anomaly_score(batch, recon)}
+            else:
+                logit, _ = self.teacher.D(batch.detach(), taps)
+                out = {f"out:logit_{inp}": logit}
+        return {**{f"{inp}:{k}": v for k, v in taps.items()}, **out}
+
+    def _build_cache(self, train_x: Tensor, t_shapes: dict) -> dict[str, dict[str, Tensor]]:
+        """Teacher outputs on the real training beats, which never change: computed once when the
+        teacher's BN is in eval mode (each beat's output is then independent of its batch) and
+        they fit in `CACHE_BYTES`. D-on-fake passes see a new input every step and are not cached."""
+        if self.cfg.teacher_bn != "eval":
+            return {}
+        passes = {p for step in ("G", "D") for p in self._needs(step) if p.endswith(":real")}
+        per_beat = {"out:recon": train_x[0].numel(), "out:latent": 0, "out:score": 1, "out:logit_real": 1}
+        per_beat["out:latent"] = self.teacher.G.encoder.blocks[-1].conv.out_channels
+        size = sum(len(train_x) * 4 * (per_beat.get(k) or math.prod(t_shapes[k.split(":")[1]][1:]))
+                   for p in passes for k in self._wanted(p))
+        if not passes or size > CACHE_BYTES:
+            return {}
+        cache = {}
+        for npass in passes:
+            wanted = self._wanted(npass)
+            chunks = [{k: v for k, v in self._teacher_pass(npass, xb).items() if k in wanted}
+                      for xb in train_x.split(1024)]
+            cache[npass] = {k: torch.cat([c[k] for c in chunks]) for k in wanted}
+        return cache
+
+    def _teacher(self, step: str, x: Tensor, fake: Tensor, idx: Tensor | None) -> tuple[dict[str, Tensor], Outputs]:
+        """The teacher's taps and outputs a step needs: from the cache (by beat index) or a live pass."""
+        values: dict[str, Tensor] = {}
+        for npass in self._needs(step):
+            if idx is not None and npass in self.cache:
+                values.update({k: v[idx] for k, v in self.cache[npass].items()})
+            else:
+                values.update(self._teacher_pass(npass, x if npass.endswith(":real") else fake))
+        out = Outputs(**{k[4:]: v for k, v in values.items() if k.startswith("out:")})
+        return values, out
 
     # -- the loop's interface --------------------------------------------------------------------
-    def g_terms(self, x: Tensor, fake: Tensor, latent: Tensor, taps: dict[str, Tensor]) -> dict[str, Tensor]:
-        t_taps, t_out = self._teacher_taps(self._needs("G"), x, fake)
+    def g_terms(self, x: Tensor, fake: Tensor, latent: Tensor, taps: dict[str, Tensor],
+                idx: Tensor | None = None) -> dict[str, Tensor]:
+        """G-step terms; `idx` (B,) are the batch's indices into the training set (enables the cache)."""
+        t_taps, t_out = self._teacher("G", x, fake, idx)
         terms = {t.name: t.weight * t(taps, t_taps) for t in self.features if t.step == "G"}
         if self.cfg.kd.kind != "none" and self.kd.step == "G":
             s_out = Outputs(score=anomaly_score(x, fake), recon=fake, latent=latent.flatten(1))
             terms[self.kd_name] = self.cfg.kd.weight * self.kd(s_out, t_out)
         return self._normalised(terms)
 
-    def d_terms(self, x: Tensor, fake: Tensor, taps: dict[str, Tensor]) -> dict[str, Tensor]:
-        t_taps, t_out = self._teacher_taps(self._needs("D"), x, fake)
+    def d_terms(self, x: Tensor, fake: Tensor, taps: dict[str, Tensor], idx: Tensor | None = None) -> dict[str, Tensor]:
+        """D-step terms; `idx` as in `g_terms`."""
+        t_taps, t_out = self._teacher("D", x, fake, idx)
         terms = {t.name: t.weight * t(taps, t_taps) for t in self.features if t.step == "D"}
         if self.cfg.kd.kind != "none" and self.kd.step == "D":
             s_out = Outputs(logit_real=taps["real:disc.5.pre"].flatten(), logit_fake=taps["fake:disc.5.pre"].flatten())

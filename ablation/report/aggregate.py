@@ -203,7 +203,7 @@ def paired_test(runs: pd.DataFrame, variant: str, baseline: str, metric: str = "
         return Paired(0, math.nan, math.nan, "n/a: no matched (fold, seed) pairs")
     delta = float(d.mean())
     if n < MIN_PAIRS:
-        return Paired(n, delta, math.nan, f"n/a: {n} pair{'s' if n != 1 else ''} (Wilcoxon needs >= {MIN_PAIRS} "
+        return Paired(n, delta, math.nan, f"n/a: {n} pair{'s' if n != 1 else ''} (needs >= {MIN_PAIRS} "
                                           f"to reach p < {ALPHA})")
     if np.all(d == 0):
         return Paired(n, delta, 1.0, "")

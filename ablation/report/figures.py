@@ -132,6 +132,7 @@ def auc_heatmap(runs: pd.DataFrame, axes: tuple[str, str], metric: str = "test_a
 
 def parallel_axes(runs: pd.DataFrame, metric: str = "test_auc") -> go.Figure:
     """One line per run through its axis values (categorical axes numbered), coloured by `metric`."""
+    runs = runs.dropna(subset=[metric])
     dims = []
     names = [a for a in axis_names(runs) if a != "variant"]
     for name in ["variant"] + names:

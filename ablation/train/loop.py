@@ -38,12 +38,14 @@ class Terms(Protocol):
     """Distillation plugged into the loop (see `ablation.distill.distiller.Distiller`)."""
 
     def g_terms(self, x: torch.Tensor, fake: torch.Tensor, latent: torch.Tensor,
-                taps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                taps: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Terms added to G's loss. taps: ``real:enc.*``, ``real:dec.*`` (student G on x),
         ``fake:disc.*`` (student D on G(x), differentiable into G), ``real:disc.*`` (no grad)."""
 
-    def d_terms(self, x: torch.Tensor, fake: torch.Tensor, taps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Terms added to D's loss. taps: ``real:disc.*`` and ``fake:disc.*`` (fake detached from G)."""
+    def d_terms(self, x: torch.Tensor, fake: torch.Tensor, taps: dict[str, torch.Tensor],
+                idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Terms added to D's loss. taps: ``real:disc.*`` and ``fake:disc.*`` (fake detached from G);
+        idx (B,): the batch's indices into the training set."""
 
     def g_parameters(self) -> list[torch.nn.Parameter]: ...
 
@@ -113,7 +115,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         te = time.perf_counter()
         for b in tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not (progress and sys.stderr.isatty()),
                       leave=False, unit="batch"):
-            x = train_x[batches[b]]
+            idx = batches[b]
+            x = train_x[idx]
             g_taps: dict[str, torch.Tensor] = {}
             fake, latent = G(x, g_taps)
 
@@ -124,7 +127,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
             logit_fake, _ = D(fake.detach(), d_fake)
             loss_d_adv = (F.binary_cross_entropy_with_logits(logit_real, ones)
                           + F.binary_cross_entropy_with_logits(logit_fake, zeros))
-            d_extra = terms.d_terms(x, fake.detach(), tap_dict(real=d_real, fake=d_fake)) if terms else {}
+            d_extra = terms.d_terms(x, fake.detach(), tap_dict(real=d_real, fake=d_fake), idx) if terms else {}
             loss_d = loss_d_adv + sum(d_extra.values())
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -139,7 +142,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
                 _, feat_real = D(x, g_real)
             loss_rec = F.mse_loss(fake, x)
             loss_adv = F.mse_loss(feat_fake, feat_real)
-            g_extra = (terms.g_terms(x, fake, latent, tap_dict(real={**g_taps, **g_real}, fake=g_fake))
+            g_extra = (terms.g_terms(x, fake, latent, tap_dict(real={**g_taps, **g_real}, fake=g_fake), idx)
                        if terms else {})
             loss_g = loss_rec + tc.w_adv * loss_adv + sum(g_extra.values())
             opt_g.zero_grad(set_to_none=True)
