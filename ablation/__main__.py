@@ -131,6 +131,29 @@ def cmd_worker(args) -> None:
     run_worker(spec, args.storage, args.parent_run_id or parent_run(spec), mitdb=args.mitdb, device=args.device)
 
 
+def cmd_tune(args) -> None:
+    """Search a study's `search` space with Optuna on validation AUC, then (--confirm) retrain the
+    best and the untuned config on every fold and seed and report test AUC with a paired test."""
+    import optuna
+
+    from ablation import tracking
+    from ablation.study import queue
+    from ablation.study.runner import run_study
+    from ablation.study.spec import load_study
+    from ablation.study.tune import confirm_spec, run_search, tune_name
+    _threads(args.threads)
+    tracking.setup(args.tracking_uri)
+    spec = load_study(args.name, args.scale)
+    if not args.confirm_only:
+        run_search(spec, args.storage, mitdb=args.mitdb, device=args.device)
+    if args.confirm or args.confirm_only:
+        study = optuna.load_study(study_name=tune_name(spec), storage=queue.open_storage(args.storage))
+        conf = confirm_spec(spec, study, args.folds, args.seeds)
+        run_study(conf, storage_url=args.storage, mitdb=args.mitdb, device=args.device)
+        from ablation.report import build_report
+        print(f"report: {build_report(conf.name, Path(args.out), baseline='untuned')}")
+
+
 def cmd_report(args) -> None:
     """Write dashboards/NAME.html (and .csv): the study's runs compared, with statistics."""
     from ablation import tracking
@@ -188,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sp.add_argument("--parent-run-id", help="MLflow parent run of the study (default: found by tag)")
         sp.set_defaults(func=func)
+
+    tu = sub.add_parser("tune", help=cmd_tune.__doc__, description=cmd_tune.__doc__)
+    common(tu, config=False)
+    tu.add_argument("name", help="study name (studies/NAME.yaml, with a `search` section) or path")
+    tu.add_argument("--scale", default="cpu", help="a scale declared in the study file (default: cpu)")
+    tu.add_argument("--storage", help="Optuna storage URL (default: journal file under runs/optuna)")
+    tu.add_argument("--confirm", action="store_true", help="after the search, retrain best and untuned on folds x seeds")
+    tu.add_argument("--confirm-only", action="store_true", help="skip the search; confirm its best trial")
+    tu.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="confirmation folds")
+    tu.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="confirmation seeds")
+    tu.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "dashboards"),
+                    help="folder of the confirmation report")
+    tu.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     r.add_argument("name", help="study name (its MLflow experiment)")

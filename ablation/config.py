@@ -167,10 +167,10 @@ def _convert(value: Any, tp, path: str, src: str, meta: dict | None = None):
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, src=src, prefix=path)
-    if origin is list:
+    if origin is list or tp is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {type(value).__name__}")
-        return [_convert(v, args[0], f"{path}[{i}]", src) for i, v in enumerate(value)]
+        return [_convert(v, args[0], f"{path}[{i}]", src) for i, v in enumerate(value)] if args else list(value)
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")

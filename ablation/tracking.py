@@ -76,15 +76,17 @@ def log_run_inputs(cfg: RunConfig, tags: dict[str, str]) -> None:
     mlflow.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
 
 
-def log_outputs(cfg: RunConfig, state: dict, test_scores: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> None:
-    """The best checkpoint (state_dicts + config) and the per-beat test scores as a CSV table."""
+def log_outputs(cfg: RunConfig, state: dict, test_scores: np.ndarray, test) -> None:
+    """The best checkpoint (state_dicts + config) and, when there is a test set (an `EvalSet`),
+    the per-beat test scores as a CSV table."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / Path(CHECKPOINT).name
         torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, ckpt)
         mlflow.log_artifact(str(ckpt), Path(CHECKPOINT).parent.as_posix())
-        table = Path(tmp) / Path(SCORES).name
-        pd.DataFrame({"score": test_scores, "label": labels, "cls": classes}).to_csv(table, index=False)
-        mlflow.log_artifact(str(table), Path(SCORES).parent.as_posix())
+        if test is not None:
+            table = Path(tmp) / Path(SCORES).name
+            pd.DataFrame({"score": test_scores, "label": test.y, "cls": test.cls}).to_csv(table, index=False)
+            mlflow.log_artifact(str(table), Path(SCORES).parent.as_posix())
 
 
 def load_checkpoint(ref: str, device: str | torch.device = "cpu"):

@@ -24,16 +24,12 @@ class EvalSet:
 class DataBundle:
     train: torch.Tensor  # (n, nc, 320), N beats only
     val: EvalSet
-    test: EvalSet
+    test: EvalSet | None  # None for tuning trials: no test beat may reach a search
     fingerprint: str
     sizes: dict
 
-    def to(self, device: torch.device) -> "DataBundle":
-        mv = lambda e: EvalSet(e.x.to(device), e.y, e.cls)  # noqa: E731
-        return DataBundle(self.train.to(device), mv(self.val), mv(self.test), self.fingerprint, self.sizes)
 
-
-def bundle(beats: Beats, split: Split, nc: int) -> DataBundle:
+def bundle(beats: Beats, split: Split, nc: int, with_test: bool = True) -> DataBundle:
     def take(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(beats.x[idx, :nc]))
 
@@ -41,13 +37,14 @@ def bundle(beats: Beats, split: Split, nc: int) -> DataBundle:
         cls = beats.label[idx].astype(np.int64)
         return EvalSet(take(idx), (cls != CLASSES.index("N")).astype(np.int64), cls)
 
-    return DataBundle(take(split.train), evalset(split.val), evalset(split.test), beats.fingerprint,
-                      split.sizes(beats))
+    return DataBundle(take(split.train), evalset(split.val), evalset(split.test) if with_test else None,
+                      beats.fingerprint, split.sizes(beats))
 
 
 def load_data(cfg: DataConfig, mitdb: str | None = None, beats: Beats | None = None,
-              progress: bool = True) -> DataBundle:
-    """The split of `cfg` as tensors. `beats` replaces the records (synthetic data in tests)."""
+              progress: bool = True, with_test: bool = True) -> DataBundle:
+    """The split of `cfg` as tensors. `beats` replaces the records (synthetic data in tests);
+    ``with_test=False`` leaves the test set out entirely (tuning)."""
     if beats is None:
         beats = load_beats(Protocol(cfg.rpeak_check, cfg.rpeak_detector), mitdb, progress=progress)
-    return bundle(beats, make_split(beats, cfg), cfg.nc)
+    return bundle(beats, make_split(beats, cfg), cfg.nc, with_test)

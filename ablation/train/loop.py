@@ -56,7 +56,7 @@ class Terms(Protocol):
 class Result:
     best_epoch: int
     val: dict[str, float]
-    test: dict[str, float]
+    test: dict[str, float]  # empty when the data had no test set (tuning)
     test_scores: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
@@ -92,7 +92,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=tc.epochs, eta_min=tc.lr * 0.01)
               for o in (opt_g, opt_d)] if tc.lr_schedule == "cosine" else []
     train_x = data.train.to(device)
-    val_x, test_x = data.val.x.to(device), data.test.x.to(device)
+    val_x = data.val.x.to(device)
+    test_x = data.test.x.to(device) if data.test is not None else None
     n_batches = len(train_x) // tc.batch_size  # drop the last partial batch, as BeatGAN does
     if n_batches == 0:
         raise ValueError(f"train set has {len(train_x)} beats, fewer than one batch of {tc.batch_size}")
@@ -168,7 +169,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         row["d_reinits"] = reinits
         val = metrics(data.val.y, scores(G, val_x, tc.eval_batch_size))
         row.update({f"val_{k}": v for k, v in val.items() if k in ("auc", "ap", "f1")})
-        if tc.test_every_epoch:  # diagnostic curve only; selection below uses validation
+        if tc.test_every_epoch and test_x is not None:  # diagnostic curve only; selection uses validation
             tm = metrics(data.test.y, scores(G, test_x, tc.eval_batch_size))
             row.update({"test_auc_curve": tm["auc"], "test_ap_curve": tm["ap"]})
         for s in scheds:
@@ -184,8 +185,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
 
     G.load_state_dict(best["state"]["G"])
     D.load_state_dict(best["state"]["D"])
-    test_scores = scores(G, test_x, tc.eval_batch_size)
-    test = metrics(data.test.y, test_scores, data.test.cls)
+    test_scores = scores(G, test_x, tc.eval_batch_size) if test_x is not None else np.zeros(0)
+    test = metrics(data.test.y, test_scores, data.test.cls) if test_x is not None else {}
     return Result(best_epoch=best["epoch"], val=best["val"], test=test, test_scores=test_scores,
                   history=history, seconds=time.perf_counter() - t0, state=best["state"])
 

@@ -1,0 +1,247 @@
+"""Tuning: Optuna searches a study's ``search`` space on validation AUC; test data stay out.
+
+    search:
+      params:                      # dotted config keys -> distributions
+        distill.kd.T: {type: float, low: 1.0, high: 20.0, log: true}
+        distill.kd.weight: {type: float, low: 0.01, high: 10.0, log: true}
+        distill.kd.kind: {type: categorical, choices: [score_kl, recon]}
+        train.epochs: {type: int, low: 2, high: 8}
+      sampler: {name: tpe, seed: 0}            # tpe | random
+      pruner: {name: median, n_startup_trials: 5, n_warmup_steps: 2}   # median | hyperband | none
+      n_trials: 30                             # over all workers
+      timeout_minutes: null                    # per worker
+      target: 0.95                             # stop every worker once the best validation AUC reaches it
+      baselines: [{name: untuned, set: {}}]    # enqueued first (skipped if already there)
+
+Each trial trains the study's base config (at the chosen scale) with the sampled values, reports the
+validation AUC of every epoch to Optuna (pruning), and is an MLflow child run. The data bundle of a
+search trial has no test set at all, so no test beat can reach the search.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from ablation.config import ConfigError, Range, RunConfig, from_dict, set_dotted
+from ablation.data.dataset import load_data
+from ablation.data.mitdb import Beats
+from ablation.run import execute
+from ablation.study import queue
+from ablation.study.runner import _beats_for, parent_run
+from ablation.study.spec import StudySpec, Trial
+from ablation.train.loop import Diverged
+
+
+@dataclass
+class ParamSpec:
+    type: Literal["float", "int", "categorical"] = "float"
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: Optional[list] = None
+
+
+@dataclass
+class SamplerSpec:
+    name: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+
+
+@dataclass
+class PrunerSpec:
+    name: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = Range(0, None, default=5)
+    n_warmup_steps: int = Range(0, None, default=2)
+    min_resource: int = Range(1, None, default=1)
+
+
+@dataclass
+class Baseline:
+    name: str = "untuned"
+    set: dict = field(default_factory=dict)
+
+
+@dataclass
+class SearchSpec:
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    n_trials: int = Range(1, None, default=30)
+    timeout_minutes: Optional[float] = Range(0.0, None, default=None)
+    target: float = Range(0.0, 1.0, default=0.95)
+    baselines: list[Baseline] = field(default_factory=lambda: [Baseline()])
+
+
+def parse_search(spec: StudySpec) -> SearchSpec:
+    """The study's ``search`` section, validated: every parameter must be a known config key whose
+    sampled values make a valid config."""
+    src = f"{spec.path}: search"
+    raw = dict(spec.search or {})
+    params = raw.pop("params", None)
+    if not params or not isinstance(params, dict):
+        raise ConfigError(f"{src}: `params` must map dotted config keys to distributions")
+    search = from_dict(SearchSpec, raw, src=str(spec.path), prefix="search")
+    search.params = {k: from_dict(ParamSpec, v, src=str(spec.path), prefix=f"search.params.{k}")
+                     for k, v in params.items()}
+    base = spec.trials[0].config.to_dict()
+    for key, p in search.params.items():
+        where = f"{src}.params.{key}"
+        if p.type == "categorical":
+            if not p.choices:
+                raise ConfigError(f"{where}: a categorical parameter needs a non-empty `choices` list")
+            probes = p.choices
+        else:
+            if p.low is None or p.high is None or p.low >= p.high:
+                raise ConfigError(f"{where}: needs numbers low < high, got low={p.low}, high={p.high}")
+            if p.log and p.low <= 0:
+                raise ConfigError(f"{where}: log scale needs low > 0, got {p.low}")
+            probes = [int(p.low), int(p.high)] if p.type == "int" else [p.low, p.high]
+        for value in probes:  # the range's ends must give valid configs (unknown keys, bounds)
+            from_dict(RunConfig, set_dotted(base, key, value), src=f"{where} = {value!r}")
+    for b in search.baselines:
+        _with(base, b.set, f"{src}.baselines[{b.name}]")
+    return search
+
+
+def _with(base: dict, values: dict[str, Any], src: str) -> RunConfig:
+    d = base
+    for key, value in values.items():
+        d = set_dotted(d, key, value)
+    return from_dict(RunConfig, d, src=src)
+
+
+def _suggest(trial: optuna.Trial, key: str, p: ParamSpec) -> Any:
+    if p.type == "categorical":
+        return trial.suggest_categorical(key, p.choices)
+    if p.type == "int":
+        return trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
+
+
+def make_sampler(s: SamplerSpec) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=s.seed) if s.name == "tpe" else optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def make_pruner(p: PrunerSpec, max_epochs: int) -> optuna.pruners.BasePruner:
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def tune_name(spec: StudySpec) -> str:
+    return f"{spec.name}@{spec.scale}/search"
+
+
+class TargetReached:
+    """Optuna callback: stop this worker once the study's best value reaches the target (every
+    worker runs it, since `study.stop()` only ends the calling process's loop)."""
+
+    def __init__(self, target: float):
+        self.target = target
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        if done and max(t.value for t in done) >= self.target:
+            study.stop()
+
+
+def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | None = None,
+               beats: Beats | None = None, device: str | None = None, progress: bool = False) -> optuna.Study:
+    """One worker's share of the search (start several for parallel search on a shared storage)."""
+    search = parse_search(spec)
+    base = spec.trials[0].config.to_dict()
+    beats = _beats_for(spec, mitdb, beats)
+    storage = queue.open_storage(storage_url)
+    study = optuna.create_study(study_name=tune_name(spec), storage=storage, direction="maximize",
+                                sampler=make_sampler(search.sampler), load_if_exists=True,
+                                pruner=make_pruner(search.pruner, spec.trials[0].config.train.epochs))
+    for b in search.baselines:  # known settings first: the search starts from them
+        values = {k: v for k, v in b.set.items() if k in search.params}
+        defaults = {k: _dotted_get(base, k) for k in search.params if k not in values}
+        study.enqueue_trial({**defaults, **values}, user_attrs={"baseline": b.name}, skip_if_exists=True)
+    parent = parent_run(spec)
+    client = MlflowClient()
+
+    def objective(trial: optuna.Trial) -> float:
+        values = {k: _suggest(trial, k, p) for k, p in search.params.items()}
+        cfg = _with(base, values, f"{spec.path}: trial {trial.number}")
+        data = load_data(cfg.data, beats=beats, progress=False, with_test=False)
+        tags = {"study": spec.name, "scale": spec.scale, "optuna_trial": str(trial.number), "search": "1",
+                **{f"axis.{k}": str(v) for k, v in values.items()}}
+
+        def report(epoch: int, row: dict[str, float]) -> None:
+            trial.report(row["val_auc"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val AUC {row['val_auc']:.4f})")
+
+        try:
+            out = execute(cfg, data=data, device=device, experiment=spec.name, parent_run_id=parent,
+                          extra_tags=tags, progress=progress, skip_finished=False, on_epoch=report)
+        except optuna.TrialPruned:
+            _mark_last(client, spec.name, trial.number, "PRUNED")
+            raise
+        except Diverged:
+            _mark_last(client, spec.name, trial.number, "FAIL")
+            raise
+        client.set_tag(out.run_id, "optuna_state", "COMPLETE")
+        return out.result.val["auc"]
+
+    timeout = search.timeout_minutes * 60 if search.timeout_minutes else None
+    if len(study.trials) >= search.n_trials and not study.get_trials(states=(TrialState.WAITING,)):
+        tag_best(study, spec)  # resumed after the budget was spent: nothing left to run
+        return study
+    study.optimize(objective, timeout=timeout, catch=(Diverged,),
+                   callbacks=[optuna.study.MaxTrialsCallback(search.n_trials, states=None),
+                              TargetReached(search.target)])
+    tag_best(study, spec)
+    return study
+
+
+def _dotted_get(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[int(part)] if isinstance(d, list) else d[part]
+    return d
+
+
+def _mark_last(client: MlflowClient, experiment: str, number: int, state: str) -> None:
+    """Tag the MLflow run of Optuna trial `number` with its final Optuna state."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.search = '1' and tags.optuna_trial = '{number}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs:
+        client.set_tag(runs[0].info.run_id, "optuna_state", state)
+
+
+def tag_best(study: optuna.Study, spec: StudySpec) -> None:
+    """Tag the MLflow run of the study's best trial (and untag the others)."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(spec.name)
+    if exp is None or not study.get_trials(states=(TrialState.COMPLETE,)):
+        return
+    best = str(study.best_trial.number)
+    for r in client.search_runs([exp.experiment_id], "tags.search = '1'"):
+        client.set_tag(r.info.run_id, "best_trial", str(r.data.tags.get("optuna_trial") == best).lower())
+
+
+
+def confirm_spec(spec: StudySpec, study: optuna.Study, folds: list[int], seeds: list[int]) -> StudySpec:
+    """The confirmation study: the best searched config (``tuned``) and the study's first baseline
+    (``untuned``), each retrained on every fold and seed and scored on test data."""
+    search = parse_search(spec)
+    base = spec.trials[0].config.to_dict()
+    variants = {"tuned": study.best_trial.params, "untuned": search.baselines[0].set}
+    trials = []
+    for name, values in variants.items():
+        for fold in folds:
+            for seed in seeds:
+                cfg = _with(base, {**values, "data.fold": fold, "train.seed": seed}, f"{spec.path}: confirm {name}")
+                trials.append(Trial(len(trials), name, {"variant": name, "fold": fold, "seed": seed}, cfg))
+    return StudySpec(f"{spec.name}-confirm", spec.path, f"confirmation of {tune_name(spec)}: "
+                     f"best trial {study.best_trial.number} ({study.best_trial.params})", spec.scale, trials)

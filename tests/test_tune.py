@@ -1,0 +1,99 @@
+"""Tuning: the search-space parser and its errors, pruning and the target stop, resume, and that
+no test beat reaches the search (synthetic beats: fast, not ECG)."""
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from ablation.config import ConfigError
+from ablation.data import dataset
+from ablation.study.spec import load_study
+from ablation.study.tune import TargetReached, confirm_spec, parse_search, run_search
+
+BASE = {"role": "student", "data": {"train_subset": 256, "val_subset": 200},
+        "model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 3, "device": "cpu"},
+        "distill": {"teacher": {"ndf": 4, "ngf": 4, "nz": 8}, "teacher_train": {"epochs": 1},
+                    "teacher_train_subset": 256, "kd": {"kind": "recon"}}}
+
+
+def study_file(tmp_path, search, name="tune_t"):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump({"name": name, "base": BASE, "search": search}))
+    return load_study(p)
+
+
+def test_shipped_tune_kd_parses():
+    s = parse_search(load_study("tune_kd"))
+    assert s.n_trials >= 30 and s.target == 0.95 and "distill.kd.T" in s.params
+    assert [b.name for b in s.baselines] == ["untuned", "earlier_project"]
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"train.lrr": {"type": "float", "low": 1e-4, "high": 1e-3}}, "unknown key `train.lrr`"),
+    ({"train.lr": {"type": "float", "low": 1e-3, "high": 1e-4}}, "low < high"),
+    ({"train.lr": {"type": "float", "low": 0.0, "high": 1e-3, "log": True}}, "log scale needs low > 0"),
+    ({"distill.kd.kind": {"type": "categorical", "choices": ["kl"]}}, "allowed values:"),
+    ({"distill.kd.kind": {"type": "categorical"}}, "non-empty `choices`"),
+    ({"train.epochs": {"type": "integer", "low": 1, "high": 3}}, "`search.params.train.epochs.type`"),
+    ({"data.fold": {"type": "int", "low": 0, "high": 9}}, "out of range"),
+])
+def test_search_space_errors(tmp_path, params, message):
+    with pytest.raises(ConfigError, match="tune_t.yaml") as e:
+        parse_search(study_file(tmp_path, {"params": params}))
+    assert message in str(e.value)
+
+
+def test_target_stop_and_pruning_on_a_fast_objective():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for x in (0.5, 0.6, 0.1, 0.2):  # two to set the median, two below it to be pruned
+        study.enqueue_trial({"x": x})
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        for step in range(5):
+            trial.report(x * (step + 1) / 5, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return x
+
+    study.optimize(objective, n_trials=200, callbacks=[TargetReached(0.9)])
+    states = [t.state for t in study.trials]
+    assert max(t.value for t in study.trials if t.state == TrialState.COMPLETE) >= 0.9
+    assert len(study.trials) < 200  # stopped at the target
+    assert states[2:4] == [TrialState.PRUNED, TrialState.PRUNED]
+
+
+def test_search_end_to_end_without_test_data_then_resume(tmp_path, tracking_store, synthetic, monkeypatch):
+    search = {"params": {"distill.kd.weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+                         "distill.kd.kind": {"type": "categorical", "choices": ["recon", "latent"]}},
+              "n_trials": 4, "target": 0.999, "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+              "baselines": [{"name": "untuned", "set": {}}]}
+    spec = study_file(tmp_path, search)
+    calls = []
+    real_load = dataset.load_data
+
+    def spy(cfg, *a, **kw):
+        calls.append(kw.get("with_test", True))
+        return real_load(cfg, *a, **kw)
+
+    monkeypatch.setattr("ablation.study.tune.load_data", spy)
+    storage = f"journal:{tmp_path / 'journal.log'}"
+    study = run_search(spec, storage, beats=synthetic)
+    assert calls and not any(calls)  # every search trial's data had no test set
+    assert len(study.trials) == 4
+    assert study.trials[0].user_attrs["baseline"] == "untuned"  # enqueued first
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("tune_t").experiment_id], "tags.search = '1'")
+    assert len(runs) == 4 and not any(k.startswith("test_") for r in runs for k in r.data.metrics)
+    assert sum(r.data.tags.get("best_trial") == "true" for r in runs) == 1
+    assert {r.data.tags["optuna_state"] for r in runs} <= {"COMPLETE", "PRUNED", "FAIL"}
+    again = run_search(spec, storage, beats=synthetic)  # resume: the trial budget is already spent
+    assert len(again.trials) == 4
+    conf = confirm_spec(spec, again, folds=[0, 1], seeds=[0, 1])
+    assert [t.name for t in conf.trials].count("tuned") == 4 and len(conf.trials) == 8
+    best = again.best_trial.params
+    tuned = conf.trials[0].config
+    assert tuned.distill.kd.kind == best["distill.kd.kind"]
+    assert tuned.distill.kd.weight == pytest.approx(best["distill.kd.weight"])
