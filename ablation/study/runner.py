@@ -74,7 +74,8 @@ def study_lock(spec: StudySpec):
         yield owner
 
 
-def _beats_for(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beats:
+def study_beats(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beats:
+    """The beats every trial of `spec` draws its split from (`beats` when given: tests)."""
     if beats is not None:
         return beats
     protocols = {Protocol(t.config.data.rpeak_check, t.config.data.rpeak_detector) for t in spec.trials}
@@ -86,7 +87,7 @@ def _beats_for(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beats
 def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None, mitdb: str | None = None,
               device: str | None = None, beats: Beats | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every unfinished trial of `spec` and return the summary table."""
-    beats = _beats_for(spec, mitdb, beats)
+    beats = study_beats(spec, mitdb, beats)
     dev = pick_device(device or spec.trials[0].config.train.device)
     teachers = {t.config.teacher_config().key(): t.config.teacher_config()
                 for t in spec.trials if t.config.role == "student"}
@@ -147,7 +148,7 @@ def _kill_stale_runs(spec: StudySpec, key: str) -> None:
 def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, beats: Beats | None = None,
                mitdb: str | None = None, device: str | None = None, progress: bool = False) -> int:
     """Train queued trials of `spec` until the queue is empty; returns how many this worker ran."""
-    beats = _beats_for(spec, mitdb, beats)
+    beats = study_beats(spec, mitdb, beats)
     storage = queue.open_storage(storage_url)
     study = queue.open_study(queue_name(spec), storage)
     by_key: dict[str, Trial] = {t.key: t for t in spec.trials}

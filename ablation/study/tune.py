@@ -31,7 +31,7 @@ from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats
 from ablation.run import execute
 from ablation.study import queue
-from ablation.study.runner import _beats_for, parent_run
+from ablation.study.runner import parent_run, study_beats
 from ablation.study.spec import StudySpec, Trial
 from ablation.train.loop import Diverged
 
@@ -157,7 +157,7 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
     """One worker's share of the search (start several for parallel search on a shared storage)."""
     search = parse_search(spec)
     base = spec.trials[0].config.to_dict()
-    beats = _beats_for(spec, mitdb, beats)
+    beats = study_beats(spec, mitdb, beats)
     storage = queue.open_storage(storage_url)
     study = optuna.create_study(study_name=tune_name(spec), storage=storage, direction="maximize",
                                 sampler=make_sampler(search.sampler), load_if_exists=True,
