@@ -134,10 +134,11 @@ class RunConfig:
         return config_hash(self.to_dict())
 
     def teacher_config(self) -> "RunConfig":
-        """The RunConfig of this student's teacher (same data, teacher widths and training)."""
+        """The RunConfig of this student's teacher: the same split and fold, the full validation
+        set, ``distill.teacher_train_subset`` of the training set, the teacher's widths and training."""
         if self.distill is None:
             raise ConfigError("teacher_config() needs a student config with a `distill` section")
-        data = dataclasses.replace(self.data, train_subset=self.distill.teacher_train_subset)
+        data = dataclasses.replace(self.data, train_subset=self.distill.teacher_train_subset, val_subset=None)
         return RunConfig(role="teacher", data=data, model=self.distill.teacher, train=self.distill.teacher_train)
 
 

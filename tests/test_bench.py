@@ -124,8 +124,8 @@ def test_reference_kd_formula_is_score_kl_in_float64():
     assert ref.kd_loss_numpy(s, t, 4.0).item() == pytest.approx(ours.item(), rel=1e-9)
 
 
-def test_run_bench_quick_has_every_row():
-    df = run_bench(quick=True)
+def test_run_bench_quick_has_every_row(tracking_store):
+    df = run_bench(quick=True, tracking_uri=tracking_store)
     assert list(df.columns) == COLUMNS
     sections = df.groupby("section", sort=False).size().to_dict()
     assert sections == {"training": 3, "tracking": 3, "inference": 4, "utilisation": 4, "data": 1}

@@ -74,3 +74,12 @@ def test_cli_errors_are_clear(tmp_path, capsys, tracking_store):
     assert main(["score", "--model", str(tmp_path / "none.pt"), "--input", str(tmp_path / "bad.npy"),
                  "--output", str(tmp_path / "o.npy")]) == 2
     assert "neither a checkpoint file nor an MLflow run" in capsys.readouterr().err
+
+
+def test_students_share_one_teacher_whatever_their_scale_knobs():
+    """A student's train/val caps never leak into its teacher's key: studies reuse one teacher."""
+    a = from_dict(RunConfig, {"role": "student", "data": {"train_subset": 4096, "val_subset": 2000}, "distill": {}})
+    b = from_dict(RunConfig, {"role": "student", "data": {"train_subset": 8192}, "model": {"ndf": 4},
+                              "distill": {"kd": {"kind": "recon"}}})
+    assert a.teacher_config() == b.teacher_config()
+    assert a.teacher_config().data.val_subset is None and a.teacher_config().data.train_subset is None
