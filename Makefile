@@ -9,7 +9,7 @@ NAME    ?= smoke
 WORKERS ?= 1
 ARGS    ?=
 
-.PHONY: venv test data teacher study report ui clean
+.PHONY: venv test data teacher study report bench ui clean
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,9 @@ study: venv
 
 report: venv
 	$(BIN)/python -m ablation report $(NAME) $(ARGS)
+
+bench: venv
+	$(BIN)/python -m ablation.bench $(ARGS)
 
 ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000

@@ -26,6 +26,7 @@ Rows (section, item):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -180,9 +181,10 @@ class Case:
     model: BeatGAN
     teacher: BeatGAN | None = None
 
-    def ours(self, data: DataBundle, device: torch.device) -> tuple[float, object, float]:
+    def ours(self, data: DataBundle, device: torch.device, around_train=None) -> tuple[float, object, float]:
         """One epoch of our loop from fresh copies of the weights: (train seconds, Result, seconds
-        spent building the distillation terms before training: once per run, not per epoch)."""
+        spent building the distillation terms before training: once per run, not per epoch).
+        `around_train`: a context manager entered around `train` only (FLOP counting)."""
         model = copy.deepcopy(self.model).to(device)
         terms, setup = None, 0.0
         if self.teacher is not None:
@@ -192,7 +194,8 @@ class Case:
             terms = Distiller(self.cfg.distill, teacher, model, data.train.to(device))
             _sync(device)
             setup = time.perf_counter() - t0
-        result = train(self.cfg, data, device, terms, progress=False, model=model)
+        with around_train if around_train is not None else contextlib.nullcontext():
+            result = train(self.cfg, data, device, terms, progress=False, model=model)
         return result.history[0]["train_seconds"], result, setup
 
     def reference(self, data: DataBundle, device: torch.device):
@@ -234,10 +237,14 @@ def compare_training(case: Case, data: DataBundle, device: torch.device, plan: P
     t0 = time.perf_counter()
     while len(ours) < plan.max_rounds and (len(ours) < plan.min_rounds
                                            or time.perf_counter() - t0 < plan.seconds_per_item):
+        ref_first = len(ours) % 2 == 1  # alternate which side runs first in a round
+        if ref_first:
+            refs.append(case.reference(data, device).train_epoch())
         seconds, _, setup = case.ours(data, device)
         ours.append(seconds)
         setups.append(setup)
-        refs.append(case.reference(data, device).train_epoch())
+        if not ref_first:
+            refs.append(case.reference(data, device).train_epoch())
     ratios = [r / o for o, r in zip(ours, refs)]
     return {"ours_s": _median(ours), "ref_s": _median(refs), "ratio": _median(ratios), "rounds": len(ours),
             "setup_s": _median(setups),
@@ -246,14 +253,15 @@ def compare_training(case: Case, data: DataBundle, device: torch.device, plan: P
 
 
 def count_step_flops(case: Case, plan: Plan, device: torch.device, nc: int = 1) -> tuple[float, float]:
-    """FLOPs of one training step: ours (two one-epoch runs, one and two batches, same eval sets:
-    their difference is exactly one step) and the reference's (one batch of its epoch)."""
+    """FLOPs of one training step: ours (two one-epoch runs of `train`, one and two batches, same
+    eval sets: their difference is exactly one step; the distillation terms' one-off set-up before
+    `train` is not counted) and the reference's (one batch of its epoch)."""
     from torch.utils.flop_counter import FlopCounterMode
     total = []
     for n in (1, 2):
         data = synthetic_bundle(n * BATCH, 128, nc)
-        with FlopCounterMode(display=False) as fc:
-            case.ours(data, device)
+        fc = FlopCounterMode(display=False)
+        case.ours(data, device, around_train=fc)
         total.append(fc.get_total_flops())
     data = synthetic_bundle(BATCH, 128, nc)
     ref = case.reference(data, device)

@@ -8,7 +8,7 @@ import torch
 
 from ablation.bench import BATCH, COLUMNS, Plan, format_table, load_reference, machine_header, run_bench, \
     student_config, synthetic_bundle, teacher_config
-from ablation.config import RunConfig, from_dict
+from ablation.config import RunConfig
 from ablation.distill.distiller import Distiller
 from ablation.models.beatgan import BeatGAN
 from ablation.train.loop import train
