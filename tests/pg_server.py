@@ -110,7 +110,7 @@ class PgServer:
             "local all all trust\n"
             "host  all all 127.0.0.1/32 trust\n")
         with open(self.data_dir / "postgresql.conf", "a") as f:
-            f.write("\n# ablation.study.pg\n"
+            f.write("\n# tests/pg_server.py\n"
                     f"listen_addresses = '{self.host}'\n"
                     f"unix_socket_directories = '{self.root}'\n"
                     "max_connections = 100\n"
