@@ -9,13 +9,12 @@ NAME    ?= smoke
 WORKERS ?= 1
 ARGS    ?=
 
-.PHONY: venv test data teacher study report bench ui clean
+.PHONY: venv test data teacher study tune report bench ui dashboard clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
@@ -32,6 +31,9 @@ teacher: venv
 study: venv
 	$(BIN)/python -m ablation study $(NAME) --workers $(WORKERS) $(ARGS)
 
+tune: venv
+	$(BIN)/python -m ablation tune $(NAME) --confirm $(ARGS)
+
 report: venv
 	$(BIN)/python -m ablation report $(NAME) $(ARGS)
 
@@ -40,6 +42,10 @@ bench: venv
 
 ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+
+dashboard: venv
+	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/pip install -q optuna-dashboard
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port 8080 $(CURDIR)/runs/optuna/journal.log
 
 clean:
 	rm -rf $(VENV) *.egg-info
