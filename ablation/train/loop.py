@@ -87,8 +87,9 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     G, D = model.G, model.D
     g_params = list(G.parameters()) + (terms.g_parameters() if terms else [])
     d_params = list(D.parameters()) + (terms.d_parameters() if terms else [])
-    opt_g = torch.optim.Adam(g_params, lr=tc.lr, betas=(tc.beta1, 0.999))
-    opt_d = torch.optim.Adam(d_params, lr=tc.lr, betas=(tc.beta1, 0.999))
+    # fused: one kernel for all parameters (the default CPU Adam loops over them, ~10x slower)
+    opt_g = torch.optim.Adam(g_params, lr=tc.lr, betas=(tc.beta1, 0.999), fused=True)
+    opt_d = torch.optim.Adam(d_params, lr=tc.lr, betas=(tc.beta1, 0.999), fused=True)
     scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=tc.epochs, eta_min=tc.lr * 0.01)
               for o in (opt_g, opt_d)] if tc.lr_schedule == "cosine" else []
     train_x = data.train.to(device)
