@@ -33,3 +33,13 @@ def synthetic():
     """Synthetic beats (not ECG): fast end-to-end checks of the machinery."""
     from ablation.data.synthetic import synthetic_beats
     return synthetic_beats(seed=0)
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP contention on a loaded machine."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ STUDENT = {"ndf": 4, "ngf": 4, "nz": 8}
 TEACHER = {"ndf": 8, "ngf": 8, "nz": 16}  # every width differs: connectors and the latent projection are used
 
 
-@pytest.fixture(autouse=True)
-def few_threads():
-    """Tiny models: one intra-op thread avoids OpenMP contention on a loaded CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------------------------------------
