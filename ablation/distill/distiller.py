@@ -102,6 +102,7 @@ class Distiller(nn.Module):
         self.kd_name = f"kd_{cfg.kd.kind}"
         self.to(train_x.device)
         self._prepare(train_x[:PREPARE_BEATS])
+        self.needs = {step: self._needs(step) for step in ("G", "D")}  # fixed per run, read every step
         self.cache = self._build_cache(train_x, t_shapes)
         self.scale: dict[str, Tensor] = {}  # per-term 1/|value at the first batch| when cfg.normalize
 
@@ -146,7 +147,7 @@ class Distiller(nn.Module):
         they fit in `CACHE_BYTES`. D-on-fake passes see a new input every step and are not cached."""
         if self.cfg.teacher_bn != "eval":
             return {}
-        passes = {p for step in ("G", "D") for p in self._needs(step) if p.endswith(":real")}
+        passes = {p for step in ("G", "D") for p in self.needs[step] if p.endswith(":real")}
         per_beat = {"out:recon": train_x[0].numel(), "out:latent": 0, "out:score": 1, "out:logit_real": 1}
         per_beat["out:latent"] = self.teacher.G.encoder.blocks[-1].conv.out_channels
         size = sum(len(train_x) * 4 * (per_beat.get(k) or math.prod(t_shapes[k.split(":")[1]][1:]))
@@ -164,7 +165,7 @@ class Distiller(nn.Module):
     def _teacher(self, step: str, x: Tensor, fake: Tensor, idx: Tensor | None) -> tuple[dict[str, Tensor], Outputs]:
         """The teacher's taps and outputs a step needs: from the cache (by beat index) or a live pass."""
         values: dict[str, Tensor] = {}
-        for npass in self._needs(step):
+        for npass in self.needs[step]:
             if idx is not None and npass in self.cache:
                 values.update({k: v[idx] for k, v in self.cache[npass].items()})
             else:
