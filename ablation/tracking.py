@@ -29,6 +29,7 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 
 def setup(explicit: str | None = None) -> str:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint load
     uri = tracking_uri(explicit)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
