@@ -1,6 +1,7 @@
 """One training run end to end: data, teacher (found again or trained), distillation, MLflow."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -72,7 +73,8 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
     if cfg.role == "student":
         from ablation.distill.distiller import Distiller
         teacher_id, teacher = ensure_teacher(cfg.teacher_config(), data, device, progress)
-        terms = Distiller(cfg.distill, teacher, student.to(device), data.train.to(device))
+        data = dataclasses.replace(data, train=data.train.to(device))  # one copy on the device, shared with the loop
+        terms = Distiller(cfg.distill, teacher, student.to(device), data.train)
         n_t, n_s = sum(teacher.n_params().values()), sum(student.n_params().values())
         tags.update({"teacher_run_id": teacher_id, "teacher_params": str(n_t), "student_params": str(n_s),
                      "compression_ratio": f"{n_t / n_s:.3f}"})

@@ -7,7 +7,6 @@ terms the way `ablation.train.loop.train` does and look at the student's ``.grad
 """
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

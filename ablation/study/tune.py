@@ -147,7 +147,7 @@ class TargetReached:
         self.target = target
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if done and max(t.value for t in done) >= self.target:
             study.stop()
 
