@@ -70,6 +70,9 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = Range(1, 1_000_000, default=2048)
     test_every_epoch: bool = False  # diagnostic learning curve only: never used for selection
+    # Polyak/EMA average of G's weights and BN buffers, decay per step (0 = off). When on, validation,
+    # selection, the checkpoint and the test use the average; the live G's val AUC is logged beside it.
+    ema: float = Range(0.0, 0.99999, default=0.0)
 
 
 @dataclass

@@ -8,7 +8,10 @@ Each iteration updates D, then G:
 D is re-initialised when its loss falls below ``d_reinit_below``. Data stay on the device as one
 tensor and batches are taken by index; loss terms are summed on the device and read once per epoch.
 Validation runs in eval mode after every epoch; the best epoch by validation AUC is kept and the
-test set is scored once, with that epoch's weights.
+test set is scored once, with that epoch's weights. With ``train.ema`` > 0 the evaluated generator
+is an exponential moving average of G's weights and BN buffers (Polyak averaging, as in
+Yazici et al., "The Unusual Effectiveness of Averaging in GAN Training", ICLR 2019), which damps
+the epoch-to-epoch swing of a GAN-trained model.
 """
 from __future__ import annotations
 
@@ -98,6 +101,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     n_batches = len(train_x) // tc.batch_size  # drop the last partial batch, as BeatGAN does
     if n_batches == 0:
         raise ValueError(f"train set has {len(train_x)} beats, fewer than one batch of {tc.batch_size}")
+    G_eval, ema_step = ema_tracker(G, tc.ema)
     check_every = 1 if device.type == "cpu" else 16  # D re-init check without a sync every batch
     ones = torch.ones(tc.batch_size, device=device)
     zeros = torch.zeros(tc.batch_size, device=device)
@@ -150,6 +154,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
+            ema_step()
             D.requires_grad_(True)
 
             step = {"loss_d": loss_d_adv, "loss_g_rec": loss_rec, "loss_g_adv": loss_adv,
@@ -168,16 +173,18 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
             raise Diverged(f"epoch {epoch}: non-finite {', '.join(bad)}")
         row["train_seconds"] = time.perf_counter() - te
         row["d_reinits"] = reinits
-        val = metrics(data.val.y, scores(G, val_x, tc.eval_batch_size))
+        val = metrics(data.val.y, scores(G_eval, val_x, tc.eval_batch_size))
         row.update({f"val_{k}": v for k, v in val.items() if k in ("auc", "ap", "f1")})
+        if G_eval is not G:  # the live weights, for comparison with their average
+            row["val_auc_live"] = metrics(data.val.y, scores(G, val_x, tc.eval_batch_size))["auc"]
         if tc.test_every_epoch and test_x is not None:  # diagnostic curve only; selection uses validation
-            tm = metrics(data.test.y, scores(G, test_x, tc.eval_batch_size))
+            tm = metrics(data.test.y, scores(G_eval, test_x, tc.eval_batch_size))
             row.update({"test_auc_curve": tm["auc"], "test_ap_curve": tm["ap"]})
         for s in scheds:
             s.step()
         if val["auc"] > best["auc"]:
             best = {"auc": val["auc"], "epoch": epoch, "val": val,
-                    "state": {"G": copy.deepcopy(G.state_dict()), "D": copy.deepcopy(D.state_dict())}}
+                    "state": {"G": copy.deepcopy(G_eval.state_dict()), "D": copy.deepcopy(D.state_dict())}}
         row["best_val_auc"] = best["auc"]
         history.append(row)
         epochs.set_postfix(val_auc=f"{val['auc']:.4f}", best=f"{best['auc']:.4f}@{best['epoch']}")
@@ -190,6 +197,30 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     test = metrics(data.test.y, test_scores, data.test.cls) if test_x is not None else {}
     return Result(best_epoch=best["epoch"], val=best["val"], test=test, test_scores=test_scores,
                   history=history, seconds=time.perf_counter() - t0, state=best["state"])
+
+
+def ema_tracker(G: torch.nn.Module, decay: float) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """The generator to evaluate and a function to call after every G step.
+
+    decay 0: G itself and a no-op. Otherwise a frozen copy whose floating-point parameters and
+    buffers follow ``avg <- decay * avg + (1 - decay) * live`` (BN running statistics averaged like
+    the weights, so they stay consistent with them); integer buffers are copied.
+    """
+    if decay == 0:
+        return G, lambda: None
+    avg = copy.deepcopy(G).requires_grad_(False)
+    pairs = [(a, b) for a, b in zip(avg.state_dict().values(), G.state_dict().values())]
+    floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+    ints = [(a, b) for a, b in pairs if not a.is_floating_point()]
+    avg_f, live_f = [a for a, _ in floats], [b for _, b in floats]
+
+    @torch.no_grad()
+    def step() -> None:
+        torch._foreach_lerp_(avg_f, live_f, 1.0 - decay)
+        for a, b in ints:
+            a.copy_(b)
+
+    return avg, step
 
 
 def tap_dict(**by_input: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
