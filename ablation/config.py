@@ -73,6 +73,9 @@ class TrainConfig:
     # Polyak/EMA average of G's weights and BN buffers, decay per step (0 = off). When on, validation,
     # selection, the checkpoint and the test use the average; the live G's val AUC is logged beside it.
     ema: float = Range(0.0, 0.99999, default=0.0)
+    # wall-clock budget: training ends after the first epoch that finishes past it (CPU scale);
+    # the best-validation epoch among those run is tested as usual, `epochs_run` says how many ran
+    max_minutes: Optional[float] = Range(0.0, None, default=None)
 
 
 @dataclass

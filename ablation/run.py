@@ -93,7 +93,8 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
         except Diverged as e:  # leaving the `with` block marks the run FAILED
             mlflow.set_tag("failure_reason", str(e))
             raise
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "train_wall_seconds": result.seconds,
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                            "train_wall_seconds": result.seconds,
                             **{f"test_{k}": v for k, v in result.test.items()},
                             **{f"best_val_{k}": v for k, v in result.val.items() if k in ("auc", "ap", "f1")}})
         tracking.log_outputs(cfg, result.state, result.test_scores, data.test)

@@ -190,6 +190,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         epochs.set_postfix(val_auc=f"{val['auc']:.4f}", best=f"{best['auc']:.4f}@{best['epoch']}")
         if on_epoch:
             on_epoch(epoch, row)
+        if tc.max_minutes is not None and time.perf_counter() - t0 > 60 * tc.max_minutes:
+            break
 
     G.load_state_dict(best["state"]["G"])
     D.load_state_dict(best["state"]["D"])

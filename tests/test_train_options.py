@@ -1,4 +1,4 @@
-"""Polyak/EMA averaging of G (train.ema): the update rule, and a training that evaluates the average."""
+"""Training options: Polyak/EMA averaging of G (train.ema) and the wall-clock budget (train.max_minutes)."""
 import copy
 
 import pytest
@@ -51,3 +51,11 @@ def test_training_with_ema_selects_and_returns_the_average(synthetic, single_thr
     g_ema, g_plain = res.state["G"], plain.state["G"]
     assert any(not torch.equal(g_ema[k], g_plain[k]) for k in g_ema if g_ema[k].is_floating_point())
     assert res.val["auc"] == pytest.approx(max(r["val_auc"] for r in res.history))
+
+
+def test_max_minutes_ends_training_after_the_epoch_past_the_budget(synthetic, single_thread):
+    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
+                                "train": {"epochs": 5, "max_minutes": 1e-9, "device": "cpu"},
+                                "data": {"train_subset": 256}})
+    res = train(cfg, load_data(cfg.data, beats=synthetic, progress=False), pick_device("cpu"), progress=False)
+    assert len(res.history) == 1 and res.best_epoch == 0 and "auc" in res.test
