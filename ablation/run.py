@@ -25,15 +25,20 @@ class Outcome:
 
 
 RESULT_NEUTRAL = ("device", "eval_batch_size", "test_every_epoch")  # train keys that leave the result unchanged
+# train keys added after runs were stored: at these values they change nothing, so they stay out of
+# the key and the stored runs (teachers above all) are still found
+OFF_VALUES = {"ema": 0.0, "max_minutes": None}
 
 
 def run_key(cfg: RunConfig, data_fingerprint: str) -> str:
     """What identifies a run's result: its resolved config and the exact beats it saw."""
     d = cfg.to_dict()
-    for k in RESULT_NEUTRAL:
-        d["train"].pop(k)
-        if d["distill"]:
-            d["distill"]["teacher_train"].pop(k)
+    for train in [d["train"]] + ([d["distill"]["teacher_train"]] if d["distill"] else []):
+        for k in RESULT_NEUTRAL:
+            train.pop(k)
+        for k, off in OFF_VALUES.items():
+            if train[k] == off:
+                train.pop(k)
     return config_hash({"config": d, "data": data_fingerprint})
 
 

@@ -7,35 +7,42 @@ import torch
 from ablation.config import from_dict, RunConfig
 from ablation.data.dataset import load_data
 from ablation.models.beatgan import BeatGAN
-from ablation.train.loop import ema_tracker, pick_device, train
+from ablation.train.loop import Averaged, pick_device, train
 
 
-def test_ema_off_is_the_live_generator():
-    G = BeatGAN.build(from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}}).model, 1).G
-    avg, step = ema_tracker(G, 0.0)
-    assert avg is G
-    step()
+def _generator():
+    return BeatGAN.build(from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}}).model, 1).G
 
 
-def test_ema_follows_the_rule_for_weights_and_bn_buffers():
-    G = BeatGAN.build(from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}}).model, 1).G
-    avg, step = ema_tracker(G, 0.75)
-    before = copy.deepcopy(avg.state_dict())
-    with torch.no_grad():  # move every parameter and float buffer of the live G, as a step would
-        for t in G.state_dict().values():
-            if t.is_floating_point():
-                t.add_(1.0)
-            else:
-                t.add_(3)
-    step()
-    after, live = avg.state_dict(), G.state_dict()
-    for k, v in after.items():
-        if v.is_floating_point():
-            torch.testing.assert_close(v, 0.75 * before[k] + 0.25 * live[k])
-        else:
-            assert torch.equal(v, live[k])  # num_batches_tracked: copied
-    assert not any(p.requires_grad for p in avg.parameters())
-    assert any("running_mean" in k for k in after)  # BN buffers are averaged too
+def test_average_follows_the_rule_and_leaves_the_live_generator_alone():
+    G = _generator()
+    avg = Averaged(G, 0.75)
+    before = [p.clone() for p in avg.model.parameters()]
+    with torch.no_grad():  # move the live G, as an optimiser step would
+        for p in G.parameters():
+            p.add_(1.0)
+    live = [p.clone() for p in G.parameters()]
+    avg.update()
+    for a, b, g in zip(avg.model.parameters(), before, G.parameters()):
+        torch.testing.assert_close(a, 0.75 * b + 0.25 * g)
+    assert all(torch.equal(a, b) for a, b in zip(G.parameters(), live))
+    assert not any(p.requires_grad for p in avg.model.parameters())
+
+
+def test_refresh_bn_sets_the_batch_statistics_of_the_averaged_weights():
+    G = _generator()
+    avg = Averaged(G, 0.5, bn_beats=256)
+    x = torch.randn(300, 1, 320) * 3 + 2
+    avg.refresh_bn(x, 64)
+    first_bn = next(m for m in avg.model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    # the first BN's running mean is the mean of its input over the first 256 beats
+    conv_out = {}
+    h = first_bn.register_forward_hook(lambda m, i, o: conv_out.setdefault("x", i[0].detach()))
+    avg.model.train()
+    with torch.no_grad():
+        avg.model(x[:256])
+    h.remove()
+    torch.testing.assert_close(first_bn.running_mean, conv_out["x"].mean(dim=(0, 2)), rtol=1e-4, atol=1e-5)
 
 
 def test_training_with_ema_selects_and_returns_the_average(synthetic, single_thread):
@@ -59,3 +66,18 @@ def test_max_minutes_ends_training_after_the_epoch_past_the_budget(synthetic, si
                                 "data": {"train_subset": 256}})
     res = train(cfg, load_data(cfg.data, beats=synthetic, progress=False), pick_device("cpu"), progress=False)
     assert len(res.history) == 1 and res.best_epoch == 0 and "auc" in res.test
+
+
+def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
+    from ablation.run import run_key
+    base = from_dict(RunConfig, {})
+    d = base.to_dict()
+    for k in ("ema", "max_minutes"):
+        d["train"].pop(k)
+    import hashlib, json  # the key as computed before these options existed
+    old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
+                                     if k not in ("device", "eval_batch_size", "test_every_epoch")}},
+                                     "data": "fp"}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert run_key(base, "fp") == old
+    assert run_key(from_dict(RunConfig, {"train": {"ema": 0.999}}), "fp") != old
+    assert run_key(from_dict(RunConfig, {"train": {"max_minutes": 30}}), "fp") != old

@@ -101,7 +101,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     n_batches = len(train_x) // tc.batch_size  # drop the last partial batch, as BeatGAN does
     if n_batches == 0:
         raise ValueError(f"train set has {len(train_x)} beats, fewer than one batch of {tc.batch_size}")
-    G_eval, ema_step = ema_tracker(G, tc.ema)
+    averaged = Averaged(G, tc.ema) if tc.ema > 0 else None
+    G_eval = averaged.model if averaged else G
     check_every = 1 if device.type == "cpu" else 16  # D re-init check without a sync every batch
     ones = torch.ones(tc.batch_size, device=device)
     zeros = torch.zeros(tc.batch_size, device=device)
@@ -154,7 +155,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            ema_step()
+            if averaged:
+                averaged.update()
             D.requires_grad_(True)
 
             step = {"loss_d": loss_d_adv, "loss_g_rec": loss_rec, "loss_g_adv": loss_adv,
@@ -173,6 +175,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
             raise Diverged(f"epoch {epoch}: non-finite {', '.join(bad)}")
         row["train_seconds"] = time.perf_counter() - te
         row["d_reinits"] = reinits
+        if averaged:
+            averaged.refresh_bn(train_x[batches.flatten()[: averaged.bn_beats]], tc.batch_size)
         val = metrics(data.val.y, scores(G_eval, val_x, tc.eval_batch_size))
         row.update({f"val_{k}": v for k, v in val.items() if k in ("auc", "ap", "f1")})
         if G_eval is not G:  # the live weights, for comparison with their average
@@ -201,28 +205,29 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
                   history=history, seconds=time.perf_counter() - t0, state=best["state"])
 
 
-def ema_tracker(G: torch.nn.Module, decay: float) -> tuple[torch.nn.Module, Callable[[], None]]:
-    """The generator to evaluate and a function to call after every G step.
-
-    decay 0: G itself and a no-op. Otherwise a frozen copy whose floating-point parameters and
-    buffers follow ``avg <- decay * avg + (1 - decay) * live`` (BN running statistics averaged like
-    the weights, so they stay consistent with them); integer buffers are copied.
+class Averaged:
+    """An exponential moving average of G's parameters (Polyak averaging; Yazici et al., "The
+    Unusual Effectiveness of Averaging in GAN Training", ICLR 2019): ``avg <- decay * avg +
+    (1 - decay) * live`` after every G step. BatchNorm statistics are not averaged (they would not
+    match the averaged weights): `refresh_bn` recomputes them on training beats before evaluation,
+    as SWA does (Izmailov et al., UAI 2018).
     """
-    if decay == 0:
-        return G, lambda: None
-    avg = copy.deepcopy(G).requires_grad_(False)
-    pairs = [(a, b) for a, b in zip(avg.state_dict().values(), G.state_dict().values())]
-    floats = [(a, b) for a, b in pairs if a.is_floating_point()]
-    ints = [(a, b) for a, b in pairs if not a.is_floating_point()]
-    avg_f, live_f = [a for a, _ in floats], [b for _, b in floats]
+
+    def __init__(self, G: torch.nn.Module, decay: float, bn_beats: int = 4096):
+        self.model = copy.deepcopy(G).requires_grad_(False)
+        self.decay, self.bn_beats = decay, bn_beats
+        self._avg = list(self.model.parameters())
+        self._live = list(G.parameters())
 
     @torch.no_grad()
-    def step() -> None:
-        torch._foreach_lerp_(avg_f, live_f, 1.0 - decay)
-        for a, b in ints:
-            a.copy_(b)
+    def update(self) -> None:
+        torch._foreach_lerp_(self._avg, self._live, 1.0 - self.decay)
 
-    return avg, step
+    def refresh_bn(self, x: torch.Tensor, batch_size: int) -> None:
+        """Running statistics of every BN layer = plain averages over up to `bn_beats` beats of x
+        (n, nc, L), in batches of the training batch size."""
+        batches = list(x[: self.bn_beats].split(batch_size))
+        torch.optim.swa_utils.update_bn(batches, self.model)
 
 
 def tap_dict(**by_input: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
