@@ -76,6 +76,10 @@ class TrainConfig:
     # wall-clock budget: training ends after the first epoch that finishes past it (CPU scale);
     # the best-validation epoch among those run is tested as usual, `epochs_run` says how many ran
     max_minutes: Optional[float] = Range(0.0, None, default=None)
+    # speed options: bf16 autocast of the training forwards (evaluation stays float32; check the AUC
+    # against fp32 with `make bench`), and torch.compile of G and D (the result is the same run)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
 
 
 @dataclass

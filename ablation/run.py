@@ -24,10 +24,10 @@ class Outcome:
     result: Result | None  # None when the run was found finished and skipped
 
 
-RESULT_NEUTRAL = ("device", "eval_batch_size", "test_every_epoch")  # train keys that leave the result unchanged
+RESULT_NEUTRAL = ("device", "eval_batch_size", "test_every_epoch", "compile")  # train keys that leave the result unchanged
 # train keys added after runs were stored: at these values they change nothing, so they stay out of
 # the key and the stored runs (teachers above all) are still found
-OFF_VALUES = {"ema": 0.0, "max_minutes": None}
+OFF_VALUES = {"ema": 0.0, "max_minutes": None, "precision": "fp32"}
 
 
 def run_key(cfg: RunConfig, data_fingerprint: str) -> str:

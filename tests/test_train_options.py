@@ -72,7 +72,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     from ablation.run import run_key
     base = from_dict(RunConfig, {})
     d = base.to_dict()
-    for k in ("ema", "max_minutes"):
+    for k in ("ema", "max_minutes", "precision", "compile"):
         d["train"].pop(k)
     import hashlib, json  # the key as computed before these options existed
     old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
@@ -81,3 +81,27 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     assert run_key(base, "fp") == old
     assert run_key(from_dict(RunConfig, {"train": {"ema": 0.999}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"max_minutes": 30}}), "fp") != old
+    assert run_key(from_dict(RunConfig, {"train": {"precision": "bf16"}}), "fp") != old
+    assert run_key(from_dict(RunConfig, {"train": {"compile": True}}), "fp") == old  # same result, faster
+
+
+def _tiny(**train):
+    return from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
+                                 "train": {"epochs": 1, "device": "cpu", "lr_schedule": "constant", **train},
+                                 "data": {"train_subset": 256}})
+
+
+def test_bf16_autocast_trains_close_to_fp32(synthetic, single_thread):
+    data = load_data(_tiny().data, beats=synthetic, progress=False)
+    fp32 = train(_tiny(), data, pick_device("cpu"), progress=False).history[0]
+    bf16 = train(_tiny(precision="bf16"), data, pick_device("cpu"), progress=False).history[0]
+    assert bf16["loss_g_rec"] != fp32["loss_g_rec"]  # autocast really ran
+    assert bf16["loss_g_rec"] == pytest.approx(fp32["loss_g_rec"], rel=0.05)
+
+
+def test_compiled_training_matches_eager(synthetic, single_thread):
+    data = load_data(_tiny().data, beats=synthetic, progress=False)
+    eager = train(_tiny(), data, pick_device("cpu"), progress=False).history[0]
+    compiled = train(_tiny(compile=True), data, pick_device("cpu"), progress=False).history[0]
+    for k in ("loss_d", "loss_g_rec", "loss_g_adv", "val_auc"):
+        assert compiled[k] == pytest.approx(eager[k], rel=1e-3, abs=1e-5), k
