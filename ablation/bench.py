@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ablation.config import RunConfig, from_dict
+from ablation.config import RunConfig, from_dict, set_dotted
 from ablation.data.dataset import DataBundle, EvalSet
 from ablation.data.mitdb import CLASSES
 from ablation.data.synthetic import synthetic_beats
@@ -97,6 +97,8 @@ class Plan:
     matmul_n: int = 2048
     matmul_seconds: float = 2.0
     data_repeats: int = 20
+    option_epochs: int = 3  # per run of an option comparison; the first (compilation, warm-up) is reported apart
+    option_rounds: int = 2  # alternating base/option runs
 
     @classmethod
     def quick(cls, **kw) -> "Plan":
@@ -104,7 +106,7 @@ class Plan:
         base = dict(teacher_ndf=8, student_ndf=4, nz=16, batches=2, seconds_per_item=0.0, min_rounds=1, max_rounds=1, warmup=False,
                     eval_beats=128, infer_beats_student=512, infer_beats_teacher=256, infer_batch=256,
                     infer_repeats=1, latency_calls=5, tracking_epochs=2, tracking_pairs=1, log_calls=3,
-                    matmul_n=256, matmul_seconds=0.05, data_repeats=2)
+                    matmul_n=256, matmul_seconds=0.05, data_repeats=2, option_epochs=2, option_rounds=1)
         base.update(kw)
         return cls(**base)
 
@@ -250,6 +252,27 @@ def compare_training(case: Case, data: DataBundle, device: torch.device, plan: P
             "setup_s": _median(setups),
             "ours_bps": n_beats / _median(ours), "ref_bps": n_beats / _median(refs),
             "spread": max(_spread(ours), _spread(refs)), "n_beats": n_beats}
+
+
+def compare_option(case: Case, data: DataBundle, device: torch.device, plan: Plan, **train: object) -> dict:
+    """Our loop with `train` options (e.g. precision="bf16", compile=True) against the same loop
+    without, alternating runs of `plan.option_epochs` epochs on the same weights: the steady epochs
+    (all but the first) give the ratio; the first epoch (compilation, warm-up) is reported apart."""
+    def run(cfg: RunConfig) -> list[float]:
+        result = train(cfg, data, device, progress=False, model=copy.deepcopy(case.model).to(device))
+        return [h["train_seconds"] for h in result.history]
+
+    base_d = set_dotted(case.cfg.to_dict(), "train.epochs", plan.option_epochs)
+    base = from_dict(RunConfig, base_d)
+    with_option = from_dict(RunConfig, set_dotted(base_d, "train", train))
+    plain, opt = [], []
+    for _ in range(plan.option_rounds):
+        plain.append(run(base))
+        opt.append(run(with_option))
+    steady_plain = _median([t for r in plain for t in r[1:]])
+    steady_opt = _median([t for r in opt for t in r[1:]])
+    return {"plain_s": steady_plain, "option_s": steady_opt, "ratio": steady_plain / steady_opt,
+            "first_plain_s": _median([r[0] for r in plain]), "first_option_s": _median([r[0] for r in opt])}
 
 
 def count_step_flops(case: Case, plan: Plan, device: torch.device, nc: int = 1) -> tuple[float, float]:
@@ -402,6 +425,19 @@ def run_bench(device: str = "cpu", seconds_per_item: float | None = None, quick:
                      f"not in the epoch time")
         rows.append(_row("training", case.name, r["ours_bps"], r["ref_bps"], "beats/s", r["ratio"],
                          f"{r['ratio']:.2f}x", f">= {target:g}x", _met(r["ratio"] >= target), note))
+
+    # -- speed options (CUDA above all; on a CPU without bf16 units autocast costs time) -----------
+    n_beats = (len(data.train) // BATCH) * BATCH
+    for label, option in (("bf16 autocast vs fp32", {"precision": "bf16"}),
+                          ("torch.compile vs eager", {"compile": True})):
+        say(f"options: teacher step, {label}")
+        r = compare_option(cases[0], data, dev, plan, **option)
+        rows.append(_row("options", f"teacher step, {label}", n_beats / r["option_s"], n_beats / r["plain_s"],
+                         "beats/s", r["ratio"], f"{r['ratio']:.2f}x",
+                         note=f"steady epochs of {n_beats} beats, {plan.option_rounds} alternating runs of "
+                              f"{plan.option_epochs} epochs; first epoch {r['first_option_s']:.1f} s with the "
+                              f"option vs {r['first_plain_s']:.1f} s without (compilation, warm-up); whether bf16 "
+                              f"keeps the AUC: studies/precision.yaml"))
 
     # -- tracking -----------------------------------------------------------------------------------
     say("tracking: execute (MLflow) vs train")

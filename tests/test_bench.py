@@ -128,7 +128,7 @@ def test_run_bench_quick_has_every_row(tracking_store):
     df = run_bench(quick=True, tracking_uri=tracking_store)
     assert list(df.columns) == COLUMNS
     sections = df.groupby("section", sort=False).size().to_dict()
-    assert sections == {"training": 3, "tracking": 3, "inference": 4, "utilisation": 4, "data": 1}
+    assert sections == {"training": 3, "options": 2, "tracking": 3, "inference": 4, "utilisation": 4, "data": 1}
     training = df[df.section == "training"]
     assert training.item.str.contains("teacher").any() and training.item.str.contains("distillation").any()
     assert np.isfinite(training[["ours", "reference", "ratio"]].to_numpy(float)).all()
