@@ -17,10 +17,12 @@ from contextlib import contextmanager
 
 import mlflow
 import pandas as pd
+import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ablation import tracking
+from ablation.config import RunConfig
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats, Protocol, load_beats
 from ablation.paths import RUNS
@@ -84,15 +86,20 @@ def study_beats(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beat
     return load_beats(protocols.pop(), mitdb)
 
 
+def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device, progress: bool = True) -> None:
+    """Train the distinct teachers of these student configs that MLflow lacks, one after another,
+    before any worker starts: no two workers train one teacher, and no trial's time includes one."""
+    teachers = {c.teacher_config().key(): c.teacher_config() for c in configs if c.role == "student"}
+    for tcfg in teachers.values():
+        ensure_teacher(tcfg, load_data(tcfg.data, beats=beats, progress=progress), device, progress)
+
+
 def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None, mitdb: str | None = None,
               device: str | None = None, beats: Beats | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every unfinished trial of `spec` and return the summary table."""
     beats = study_beats(spec, mitdb, beats)
     dev = pick_device(device or spec.trials[0].config.train.device)
-    teachers = {t.config.teacher_config().key(): t.config.teacher_config()
-                for t in spec.trials if t.config.role == "student"}
-    for tcfg in teachers.values():  # before any worker starts: no two workers train one teacher
-        ensure_teacher(tcfg, load_data(tcfg.data, beats=beats, progress=progress), dev, progress)
+    ensure_teachers([t.config for t in spec.trials], beats, dev, progress)
     parent = parent_run(spec)
     storage = queue.open_storage(storage_url)
     study = queue.open_study(queue_name(spec), storage)

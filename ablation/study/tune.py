@@ -31,9 +31,9 @@ from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats
 from ablation.run import execute
 from ablation.study import queue
-from ablation.study.runner import parent_run, study_beats
+from ablation.study.runner import ensure_teachers, parent_run, study_beats
 from ablation.study.spec import StudySpec, Trial
-from ablation.train.loop import Diverged
+from ablation.train.loop import Diverged, pick_device
 
 
 @dataclass
@@ -158,6 +158,7 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
     search = parse_search(spec)
     base = spec.trials[0].config.to_dict()
     beats = study_beats(spec, mitdb, beats)
+    ensure_teachers([spec.trials[0].config], beats, pick_device(device or spec.trials[0].config.train.device), progress)
     storage = queue.open_storage(storage_url)
     study = optuna.create_study(study_name=tune_name(spec), storage=storage, direction="maximize",
                                 sampler=make_sampler(search.sampler), load_if_exists=True,
