@@ -140,12 +140,12 @@ def cmd_tune(args) -> None:
     from ablation.study import queue
     from ablation.study.runner import run_study
     from ablation.study.spec import load_study
-    from ablation.study.tune import confirm_spec, run_search, tune_name
+    from ablation.study.tune import confirm_spec, format_summary, run_search, search_summary, tune_name
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     spec = load_study(args.name, args.scale)
     if not args.confirm_only:
-        run_search(spec, args.storage, mitdb=args.mitdb, device=args.device)
+        print(format_summary(search_summary(run_search(spec, args.storage, mitdb=args.mitdb, device=args.device))))
     if args.confirm or args.confirm_only:
         study = optuna.load_study(study_name=tune_name(spec), storage=queue.open_storage(args.storage))
         conf = confirm_spec(spec, study, args.folds, args.seeds)

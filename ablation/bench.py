@@ -254,8 +254,8 @@ def compare_training(case: Case, data: DataBundle, device: torch.device, plan: P
             "spread": max(_spread(ours), _spread(refs)), "n_beats": n_beats}
 
 
-def compare_option(case: Case, data: DataBundle, device: torch.device, plan: Plan, **train: object) -> dict:
-    """Our loop with `train` options (e.g. precision="bf16", compile=True) against the same loop
+def compare_option(case: Case, data: DataBundle, device: torch.device, plan: Plan, **options: object) -> dict:
+    """Our loop with `options` of the train section (e.g. precision="bf16", compile=True) against the same loop
     without, alternating runs of `plan.option_epochs` epochs on the same weights: the steady epochs
     (all but the first) give the ratio; the first epoch (compilation, warm-up) is reported apart."""
     def run(cfg: RunConfig) -> list[float]:
@@ -264,7 +264,7 @@ def compare_option(case: Case, data: DataBundle, device: torch.device, plan: Pla
 
     base_d = set_dotted(case.cfg.to_dict(), "train.epochs", plan.option_epochs)
     base = from_dict(RunConfig, base_d)
-    with_option = from_dict(RunConfig, set_dotted(base_d, "train", train))
+    with_option = from_dict(RunConfig, set_dotted(base_d, "train", options))
     plain, opt = [], []
     for _ in range(plan.option_rounds):
         plain.append(run(base))
@@ -428,16 +428,16 @@ def run_bench(device: str = "cpu", seconds_per_item: float | None = None, quick:
 
     # -- speed options (CUDA above all; on a CPU without bf16 units autocast costs time) -----------
     n_beats = (len(data.train) // BATCH) * BATCH
-    for label, option in (("bf16 autocast vs fp32", {"precision": "bf16"}),
-                          ("torch.compile vs eager", {"compile": True})):
+    for label, option, more in (("bf16 autocast vs fp32", {"precision": "bf16"},
+                                 "; whether bf16 keeps the AUC: studies/precision.yaml"),
+                                ("torch.compile vs eager", {"compile": True}, "")):
         say(f"options: teacher step, {label}")
         r = compare_option(cases[0], data, dev, plan, **option)
         rows.append(_row("options", f"teacher step, {label}", n_beats / r["option_s"], n_beats / r["plain_s"],
                          "beats/s", r["ratio"], f"{r['ratio']:.2f}x",
                          note=f"steady epochs of {n_beats} beats, {plan.option_rounds} alternating runs of "
                               f"{plan.option_epochs} epochs; first epoch {r['first_option_s']:.1f} s with the "
-                              f"option vs {r['first_plain_s']:.1f} s without (compilation, warm-up); whether bf16 "
-                              f"keeps the AUC: studies/precision.yaml"))
+                              f"option vs {r['first_plain_s']:.1f} s without (compilation, warm-up){more}"))
 
     # -- tracking -----------------------------------------------------------------------------------
     say("tracking: execute (MLflow) vs train")

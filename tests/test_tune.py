@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from ablation.config import ConfigError
 from ablation.data import dataset
 from ablation.study.spec import load_study
-from ablation.study.tune import TargetReached, confirm_spec, parse_search, run_search
+from ablation.study.tune import TargetReached, confirm_spec, format_summary, parse_search, run_search, search_summary
 
 BASE = {"role": "student", "data": {"train_subset": 256, "val_subset": 200},
         "model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 3, "device": "cpu"},
@@ -97,3 +97,29 @@ def test_search_end_to_end_without_test_data_then_resume(tmp_path, tracking_stor
     tuned = conf.trials[0].config
     assert tuned.distill.kd.kind == best["distill.kd.kind"]
     assert tuned.distill.kd.weight == pytest.approx(best["distill.kd.weight"])
+
+
+def test_search_summary_counts_states_and_pruning_savings():
+    import datetime as dt
+    study = optuna.create_study(direction="maximize")
+    t0 = dt.datetime(2026, 1, 1)
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def add(state, seconds, value=None):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=len(study.trials), trial_id=len(study.trials), state=state, value=value,
+            datetime_start=t0, datetime_complete=t0 + dt.timedelta(seconds=seconds), params={"x": 0.5},
+            distributions=dist, user_attrs={}, system_attrs={}, intermediate_values={0: 0.1}))
+
+    for value, seconds in ((0.7, 100), (0.8, 120), (0.9, 140)):  # median complete trial: 120 s
+        add(TrialState.COMPLETE, seconds, value)
+    add(TrialState.PRUNED, 30)
+    add(TrialState.PRUNED, 50)
+    add(TrialState.FAIL, 5)
+    s = search_summary(study)
+    assert (s["complete"], s["pruned"], s["fail"]) == (3, 2, 1)
+    assert s["best_value"] == 0.9 and s["best_trial"] == 2
+    assert s["median_complete_s"] == 120 and s["pruned_s"] == 80
+    assert s["saved_s"] == 2 * 120 - 80  # two pruned trials would have run 120 s each
+    assert s["saved_fraction"] == pytest.approx(160 / (360 + 80 + 160))
+    assert "3 complete, 2 pruned, 1 failed" in format_summary(s)

@@ -19,6 +19,7 @@ search trial has no test set at all, so no test beat can reach the search.
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -203,6 +204,32 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
                               TargetReached(search.target)])
     tag_best(study, spec)
     return study
+
+
+def search_summary(study: optuna.Study) -> dict[str, float]:
+    """Trial counts by state, the best value, and what pruning saved: each pruned trial would have
+    run as long as the median complete trial, so saved = n_pruned x median(complete) - sum(pruned)."""
+    def seconds(states) -> list[float]:
+        return [(t.datetime_complete - t.datetime_start).total_seconds()
+                for t in study.get_trials(deepcopy=False, states=states) if t.datetime_complete and t.datetime_start]
+
+    complete, pruned = seconds((TrialState.COMPLETE,)), seconds((TrialState.PRUNED,))
+    counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
+              for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    median = statistics.median(complete) if complete else float("nan")
+    saved = len(pruned) * median - sum(pruned)
+    return {**counts, "best_value": study.best_value if complete else float("nan"),
+            "best_trial": study.best_trial.number if complete else -1,
+            "median_complete_s": median, "pruned_s": sum(pruned), "saved_s": saved,
+            "total_s": sum(complete) + sum(pruned), "saved_fraction": saved / (sum(complete) + sum(pruned) + saved)
+            if complete else float("nan")}
+
+
+def format_summary(s: dict[str, float]) -> str:
+    return (f"{s['complete'] + s['pruned'] + s['fail']} trials: {s['complete']} complete, {s['pruned']} pruned, "
+            f"{s['fail']} failed; best validation AUC {s['best_value']:.4f} (trial {s['best_trial']}); "
+            f"pruning saved ~{s['saved_s'] / 60:.1f} min ({s['saved_fraction']:.0%} of the search without "
+            f"pruning; median complete trial {s['median_complete_s']:.0f} s)")
 
 
 def _dotted_get(d: dict, dotted: str) -> Any:
