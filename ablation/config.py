@@ -70,14 +70,15 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = Range(1, 1_000_000, default=2048)
     test_every_epoch: bool = False  # diagnostic learning curve only: never used for selection
-    # Polyak/EMA average of G's weights and BN buffers, decay per step (0 = off). When on, validation,
-    # selection, the checkpoint and the test use the average; the live G's val AUC is logged beside it.
+    # Polyak/EMA average of G's weights, decay per step (0 = off), BN statistics recomputed for it before
+    # each validation. When on, validation, selection, the checkpoint and the test use the average;
+    # the live G's val AUC is logged beside it (val_auc_live).
     ema: float = Range(0.0, 0.99999, default=0.0)
     # wall-clock budget: training ends after the first epoch that finishes past it (CPU scale);
     # the best-validation epoch among those run is tested as usual, `epochs_run` says how many ran
     max_minutes: Optional[float] = Range(0.0, None, default=None)
-    # speed options: bf16 autocast of the training forwards (evaluation stays float32; check the AUC
-    # against fp32 with `make bench`), and torch.compile of G and D (the result is the same run)
+    # speed options: bf16 autocast of the training forwards (evaluation stays float32; its AUC against
+    # fp32: studies/precision.yaml), and torch.compile of G and D (the result is the same run)
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
 

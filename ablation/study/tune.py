@@ -217,12 +217,12 @@ def search_summary(study: optuna.Study) -> dict[str, float]:
     counts = {state.name.lower(): len(study.get_trials(deepcopy=False, states=(state,)))
               for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     median = statistics.median(complete) if complete else float("nan")
+    spent = sum(complete) + sum(pruned)
     saved = len(pruned) * median - sum(pruned)
     return {**counts, "best_value": study.best_value if complete else float("nan"),
             "best_trial": study.best_trial.number if complete else -1,
-            "median_complete_s": median, "pruned_s": sum(pruned), "saved_s": saved,
-            "total_s": sum(complete) + sum(pruned), "saved_fraction": saved / (sum(complete) + sum(pruned) + saved)
-            if complete else float("nan")}
+            "median_complete_s": median, "pruned_s": sum(pruned), "saved_s": saved, "total_s": spent,
+            "saved_fraction": saved / (spent + saved) if complete else float("nan")}
 
 
 def format_summary(s: dict[str, float]) -> str:

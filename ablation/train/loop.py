@@ -9,9 +9,8 @@ D is re-initialised when its loss falls below ``d_reinit_below``. Data stay on t
 tensor and batches are taken by index; loss terms are summed on the device and read once per epoch.
 Validation runs in eval mode after every epoch; the best epoch by validation AUC is kept and the
 test set is scored once, with that epoch's weights. With ``train.ema`` > 0 the evaluated generator
-is an exponential moving average of G's weights and BN buffers (Polyak averaging, as in
-Yazici et al., "The Unusual Effectiveness of Averaging in GAN Training", ICLR 2019), which damps
-the epoch-to-epoch swing of a GAN-trained model.
+is an exponential moving average of G's weights with BN statistics recomputed for it (see
+`Averaged`), which damps the epoch-to-epoch swing of a GAN-trained model.
 """
 from __future__ import annotations
 
