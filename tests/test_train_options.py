@@ -33,7 +33,7 @@ def test_refresh_bn_sets_the_batch_statistics_of_the_averaged_weights():
     G = _generator()
     avg = Averaged(G, 0.5, bn_beats=256)
     x = torch.randn(300, 1, 320) * 3 + 2
-    avg.refresh_bn(x, 64)
+    avg.refresh_bn(x[:256], 64)
     first_bn = next(m for m in avg.model.modules() if isinstance(m, torch.nn.BatchNorm1d))
     # the first BN's running mean is the mean of its input over the first 256 beats
     conv_out = {}

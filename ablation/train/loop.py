@@ -180,7 +180,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         row["train_seconds"] = time.perf_counter() - te
         row["d_reinits"] = reinits
         if averaged:
-            averaged.refresh_bn(train_x[batches.flatten()[: averaged.bn_beats]], tc.batch_size)
+            averaged.refresh_bn(train_x[batches.flatten()[: averaged.bn_beats]], tc.batch_size)  # this epoch's order
         val = metrics(data.val.y, scores(G_eval, val_x, tc.eval_batch_size))
         row.update({f"val_{k}": v for k, v in val.items() if k in ("auc", "ap", "f1")})
         if G_eval is not G:  # the live weights, for comparison with their average
@@ -228,9 +228,9 @@ class Averaged:
         torch._foreach_lerp_(self._avg, self._live, 1.0 - self.decay)
 
     def refresh_bn(self, x: torch.Tensor, batch_size: int) -> None:
-        """Running statistics of every BN layer = plain averages over up to `bn_beats` beats of x
-        (n, nc, L), in batches of the training batch size."""
-        batches = list(x[: self.bn_beats].split(batch_size))
+        """Running statistics of every BN layer = plain averages over the beats x (n, nc, L), the
+        caller's choice of at most `bn_beats`, in batches of the training batch size."""
+        batches = list(x.split(batch_size))
         torch.optim.swa_utils.update_bn(batches, self.model)
 
 
