@@ -98,6 +98,33 @@ def cmd_score(args) -> None:
     print(f"wrote {len(s)} scores to {args.output}")
 
 
+def cmd_bn_check(args) -> None:
+    """Validation and test AUC of trained models under each BatchNorm treatment (eval mode with the
+    stored statistics, per-batch statistics as BeatGAN's reference validates, statistics recomputed
+    on validation or training beats): see ablation.train.bn_check."""
+    from ablation import tracking
+    from ablation.data.dataset import load_data
+    from ablation.run import load_model
+    from ablation.train.bn_check import bn_modes
+    from ablation.train.loop import pick_device
+    _threads(args.threads)
+    tracking.setup(args.tracking_uri)
+    device = pick_device(args.device or "auto")
+    rows, data = [], {}
+    for ref in args.models:
+        cfg, state = tracking.load_checkpoint(ref, device)
+        key = repr(cfg.data)
+        if key not in data:
+            data[key] = load_data(cfg.data, args.mitdb, progress=False)
+        row = bn_modes(load_model(cfg, state, device).G, data[key], seed=args.seed)
+        rows.append({"model": ref, **{k: round(v, 4) for k, v in row.items()}})
+        print(rows[-1], flush=True)
+    if args.csv:
+        import pandas as pd
+        pd.DataFrame(rows).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+
+
 def cmd_study(args) -> None:
     """Run a study from studies/NAME.yaml (skipping finished trials), or --dry-run to list its trials."""
     from ablation.study.spec import load_study
@@ -240,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help=".npy to write the (n,) scores to")
     s.add_argument("--batch-size", type=int, default=4096)
     s.set_defaults(func=cmd_score)
+
+    b = sub.add_parser("bn-check", help=cmd_bn_check.__doc__.split(" (")[0], description=cmd_bn_check.__doc__)
+    common(b, config=False)
+    b.add_argument("models", nargs="+", help="MLflow run ids or checkpoint paths")
+    b.add_argument("--seed", type=int, default=0, help="shuffling of the per-batch passes")
+    b.add_argument("--csv", help="also write the table to this CSV file")
+    b.set_defaults(func=cmd_bn_check)
     return p
 
 

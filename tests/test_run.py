@@ -61,6 +61,28 @@ def test_checkpoint_loads_weights_only_and_score_round_trip(teacher_run, synthet
     np.testing.assert_allclose(s, scores(model.G, torch.from_numpy(synthetic.x[:50, :1])), rtol=1e-4, atol=1e-6)
 
 
+def test_bn_check_reports_the_stored_auc_and_leaves_the_model_alone(teacher_run, synthetic, single_thread):
+    """bn-check's eval-mode AUC is the run's own; its other BN treatments work on copies."""
+    from ablation.data.dataset import load_data
+    from ablation.run import load_model
+    from ablation.train.bn_check import batch_stat_scores, bn_modes, with_bn_from
+    from ablation.train.evaluate import scores
+    cfg, out = teacher_run
+    G = load_model(*tracking.load_checkpoint(out.run_id), torch.device("cpu")).G
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    res = bn_modes(G, data)
+    assert set(res) == {"val", "test", "val_batch_stats", "test_batch_stats", "test_bn_from_val", "test_bn_from_train"}
+    assert res["test"] == pytest.approx(out.result.test["auc"], abs=1e-6)
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in before.items())
+    # one batch holding every beat: per-batch statistics = running statistics recomputed on those beats
+    # (up to BN's unbiased running variance, n / (n - 1))
+    x = data.val.x
+    one = batch_stat_scores(G, x, batch_size=len(x))
+    np.testing.assert_allclose(one, scores(with_bn_from(G, x, batch_size=len(x)), x), rtol=2e-2, atol=1e-6)
+    assert not np.allclose(one, scores(G, x), rtol=2e-2)
+
+
 def test_cli_errors_are_clear(tmp_path, capsys, tracking_store):
     assert main(["train", "--mitdb", str(tmp_path), "--set", "train.epochs=1"]) == 2
     err = capsys.readouterr().err
@@ -73,6 +95,8 @@ def test_cli_errors_are_clear(tmp_path, capsys, tracking_store):
     np.save(tmp_path / "bad.npy", np.zeros((3, 1, 100), np.float32))
     assert main(["score", "--model", str(tmp_path / "none.pt"), "--input", str(tmp_path / "bad.npy"),
                  "--output", str(tmp_path / "o.npy")]) == 2
+    assert "neither a checkpoint file nor an MLflow run" in capsys.readouterr().err
+    assert main(["bn-check", str(tmp_path / "none.pt")]) == 2
     assert "neither a checkpoint file nor an MLflow run" in capsys.readouterr().err
 
 
