@@ -89,6 +89,8 @@ def test_search_end_to_end_without_test_data_then_resume(tmp_path, tracking_stor
     assert len(runs) == 4 and not any(k.startswith("test_") for r in runs for k in r.data.metrics)
     assert sum(r.data.tags.get("best_trial") == "true" for r in runs) == 1
     assert {r.data.tags["optuna_state"] for r in runs} <= {"COMPLETE", "PRUNED", "FAIL"}
+    parents = client.search_runs([client.get_experiment_by_name("tune_t").experiment_id], "tags.study_parent != ''")
+    assert [p.info.status for p in parents] == ["FINISHED"]  # the search's parent run is closed
     again = run_search(spec, storage, beats=synthetic)  # resume: the trial budget is already spent
     assert len(again.trials) == 4
     conf = confirm_spec(spec, again, folds=[0, 1], seeds=[0, 1])

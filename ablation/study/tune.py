@@ -196,13 +196,16 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
         return out.result.val["auc"]
 
     timeout = search.timeout_minutes * 60 if search.timeout_minutes else None
-    if len(study.trials) >= search.n_trials and not study.get_trials(states=(TrialState.WAITING,)):
-        tag_best(study, spec)  # resumed after the budget was spent: nothing left to run
-        return study
-    study.optimize(objective, timeout=timeout, catch=(Diverged,),
-                   callbacks=[optuna.study.MaxTrialsCallback(search.n_trials, states=None),
-                              TargetReached(search.target)])
+    if len(study.trials) < search.n_trials or study.get_trials(states=(TrialState.WAITING,)):
+        try:
+            study.optimize(objective, timeout=timeout, catch=(Diverged,),
+                           callbacks=[optuna.study.MaxTrialsCallback(search.n_trials, states=None),
+                                      TargetReached(search.target)])
+        except BaseException:
+            client.set_terminated(parent, "KILLED")  # interrupted: a rerun resumes the same search
+            raise
     tag_best(study, spec)
+    client.set_terminated(parent, "FINISHED")
     return study
 
 
