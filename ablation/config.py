@@ -81,6 +81,9 @@ class TrainConfig:
     # fp32: studies/precision.yaml), and torch.compile of G and D (the result is the same run)
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    # BeatGAN's time-warp augmentation (ablation.data.augment): the fraction of each training batch
+    # warped afresh every step (the paper's n_aug = 3 copies per beat: 3/4 of the beats seen are warped)
+    time_warp: float = Range(0.0, 1.0, default=0.0)
 
 
 @dataclass

@@ -105,3 +105,35 @@ def test_compiled_training_matches_eager(synthetic, single_thread):
     compiled = train(_tiny(compile=True), data, pick_device("cpu"), progress=False).history[0]
     for k in ("loss_d", "loss_g_rec", "loss_g_adv", "val_auc"):
         assert compiled[k] == pytest.approx(eager[k], rel=1e-3, abs=1e-5), k
+
+
+def test_time_warp_follows_beatgans_rule():
+    """7 + 7 ticks stretched (a midpoint after each), 7 + 7 others deleted, split at tick 140."""
+    from ablation.data.augment import SPLIT, source_positions, time_warp, warp_fraction
+    gen = torch.Generator().manual_seed(0)
+    pos = source_positions(50, 320, gen)
+    assert pos.shape == (50, 320) and bool((pos.diff(dim=1) > 0).all())  # order kept, nothing repeated
+    for row in pos:
+        half = row[row.frac() != 0] - 0.5  # stretched ticks: their midpoint follows them
+        kept = set(row[row.frac() == 0].long().tolist())
+        deleted = sorted(set(range(320)) - kept)
+        assert len(half) == 14 and set(half.long().tolist()) <= kept
+        assert sum(t < SPLIT for t in deleted) == 7 and len(deleted) == 14 and max(deleted) < 319
+        assert int((half < SPLIT).sum()) == 7 and float(half.max()) < 319
+    ramp = torch.arange(320.0).expand(3, 2, 320)  # a ramp reads back its own source positions
+    warped = time_warp(ramp, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(warped[:, 0], source_positions(3, 320, torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(warped[:, 0], warped[:, 1])  # both leads warped alike
+    x = torch.randn(400, 1, 320)
+    some = warp_fraction(x, 0.75, torch.Generator().manual_seed(2))
+    changed = (some != x).flatten(1).any(1).float().mean()
+    assert 0.65 < float(changed) < 0.85 and warp_fraction(x, 0.0, gen) is x
+
+
+def test_time_warp_training_runs_and_changes_the_result(synthetic, single_thread):
+    cfg = {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 1, "device": "cpu"}, "data": {"train_subset": 256}}
+    data = load_data(from_dict(RunConfig, cfg).data, beats=synthetic, progress=False, with_test=False)
+    plain = train(from_dict(RunConfig, cfg), data, torch.device("cpu"), progress=False)
+    cfg["train"]["time_warp"] = 0.75
+    warped = train(from_dict(RunConfig, cfg), data, torch.device("cpu"), progress=False)
+    assert warped.history[0]["loss_g_rec"] != plain.history[0]["loss_g_rec"]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ablation.config import RunConfig
+from ablation.data.augment import warp_fraction
 from ablation.data.dataset import DataBundle
 from ablation.models.beatgan import BeatGAN, init_weights
 from ablation.train.evaluate import metrics, scores
@@ -40,14 +41,14 @@ class Terms(Protocol):
     """Distillation plugged into the loop (see `ablation.distill.distiller.Distiller`)."""
 
     def g_terms(self, x: torch.Tensor, fake: torch.Tensor, latent: torch.Tensor,
-                taps: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+                taps: dict[str, torch.Tensor], idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Terms added to G's loss. taps: ``real:enc.*``, ``real:dec.*`` (student G on x),
         ``fake:disc.*`` (student D on G(x), differentiable into G), ``real:disc.*`` (no grad)."""
 
     def d_terms(self, x: torch.Tensor, fake: torch.Tensor, taps: dict[str, torch.Tensor],
-                idx: torch.Tensor) -> dict[str, torch.Tensor]:
+                idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Terms added to D's loss. taps: ``real:disc.*`` and ``fake:disc.*`` (fake detached from G);
-        idx (B,): the batch's indices into the training set."""
+        idx (B,): the batch's indices into the training set, None when the beats were augmented."""
 
     def g_parameters(self) -> list[torch.nn.Parameter]: ...
 
@@ -125,7 +126,9 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         for b in tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not (progress and sys.stderr.isatty()),
                       leave=False, unit="batch"):
             idx = batches[b]
-            x = train_x[idx]
+            x = warp_fraction(train_x[idx], tc.time_warp, gen)
+            if tc.time_warp > 0:
+                idx = None  # warped beats: the distiller's per-index teacher cache does not apply
             g_taps: dict[str, torch.Tensor] = {}
             d_real: dict[str, torch.Tensor] = {}
             d_fake: dict[str, torch.Tensor] = {}
