@@ -72,7 +72,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     from ablation.run import run_key
     base = from_dict(RunConfig, {})
     d = base.to_dict()
-    for k in ("ema", "max_minutes", "precision", "compile"):
+    for k in ("ema", "max_minutes", "precision", "compile", "time_warp"):
         d["train"].pop(k)
     import hashlib, json  # the key as computed before these options existed
     old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
@@ -82,6 +82,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     assert run_key(from_dict(RunConfig, {"train": {"ema": 0.999}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"max_minutes": 30}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"precision": "bf16"}}), "fp") != old
+    assert run_key(from_dict(RunConfig, {"train": {"time_warp": 0.75}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"compile": True}}), "fp") == old  # same result, faster
 
 
