@@ -53,9 +53,10 @@ def warp_fraction(x: torch.Tensor, fraction: float, generator: torch.Generator) 
     """x with a random `fraction` of its beats time-warped (the rest unchanged)."""
     if fraction <= 0:
         return x
-    chosen = (torch.rand(len(x), generator=generator) < fraction).to(x.device)
+    chosen = torch.rand(len(x), generator=generator) < fraction  # drawn on the host: no device sync
     if not chosen.any():
         return x
+    chosen = chosen.to(x.device)
     out = x.clone()
     out[chosen] = time_warp(x[chosen], generator)
     return out
