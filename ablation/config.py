@@ -65,6 +65,9 @@ class TrainConfig:
     beta1: float = Range(0.0, 0.999, default=0.5)
     w_adv: float = Range(0.0, None, default=1.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decay to lr/100 over `epochs`
+    # D's own learning rate (None = lr): the two time-scale update rule (Heusel et al., NeurIPS 2017);
+    # a slower D is one lever against the discriminator winning early; the same schedule applies
+    lr_d: Optional[float] = Range(1e-7, 1.0, default=None)
     d_reinit_below: float = Range(0.0, None, default=5e-6)
     seed: int = 0
     device: str = "auto"

@@ -72,7 +72,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     from ablation.run import run_key
     base = from_dict(RunConfig, {})
     d = base.to_dict()
-    for k in ("ema", "max_minutes", "precision", "compile", "time_warp"):
+    for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d"):
         d["train"].pop(k)
     import hashlib, json  # the key as computed before these options existed
     old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
@@ -83,6 +83,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     assert run_key(from_dict(RunConfig, {"train": {"max_minutes": 30}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"precision": "bf16"}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"time_warp": 0.75}}), "fp") != old
+    assert run_key(from_dict(RunConfig, {"train": {"lr_d": 5e-5}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"compile": True}}), "fp") == old  # same result, faster
 
 
@@ -138,3 +139,18 @@ def test_time_warp_training_runs_and_changes_the_result(synthetic, single_thread
     cfg["train"]["time_warp"] = 0.75
     warped = train(from_dict(RunConfig, cfg), data, torch.device("cpu"), progress=False)
     assert warped.history[0]["loss_g_rec"] != plain.history[0]["loss_g_rec"]
+
+
+def test_lr_d_sets_the_discriminators_own_learning_rate(synthetic, single_thread):
+    data = load_data(_tiny().data, beats=synthetic, progress=False)
+    moved = {}
+    for lr_d in (None, 1e-7):
+        cfg = _tiny(lr_d=lr_d)
+        model = BeatGAN.build(cfg.model, cfg.data.nc)
+        d0 = [p.detach().clone() for p in model.D.parameters()]
+        g0 = [p.detach().clone() for p in model.G.parameters()]
+        train(cfg, data, pick_device("cpu"), progress=False, model=model)
+        moved[lr_d] = (max((p - q).abs().max().item() for p, q in zip(model.D.parameters(), d0)),
+                       max((p - q).abs().max().item() for p, q in zip(model.G.parameters(), g0)))
+    assert moved[None][0] > 1e-4 and moved[1e-7][0] < 1e-5  # 4 Adam steps move a weight by <= 4 lr
+    assert moved[1e-7][1] > 1e-4  # G still learns at train.lr

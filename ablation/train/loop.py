@@ -92,9 +92,10 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     d_params = list(D.parameters()) + (terms.d_parameters() if terms else [])
     # fused: one kernel for all parameters (the default CPU Adam loops over them, ~10x slower)
     opt_g = torch.optim.Adam(g_params, lr=tc.lr, betas=(tc.beta1, 0.999), fused=True)
-    opt_d = torch.optim.Adam(d_params, lr=tc.lr, betas=(tc.beta1, 0.999), fused=True)
-    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=tc.epochs, eta_min=tc.lr * 0.01)
-              for o in (opt_g, opt_d)] if tc.lr_schedule == "cosine" else []
+    lr_d = tc.lr if tc.lr_d is None else tc.lr_d
+    opt_d = torch.optim.Adam(d_params, lr=lr_d, betas=(tc.beta1, 0.999), fused=True)
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=tc.epochs, eta_min=lr * 0.01)
+              for o, lr in ((opt_g, tc.lr), (opt_d, lr_d))] if tc.lr_schedule == "cosine" else []
     train_x = data.train.to(device)
     val_x = data.val.x.to(device)
     test_x = data.test.x.to(device) if data.test is not None else None
