@@ -133,16 +133,15 @@ def test_time_warp_follows_beatgans_rule():
 
 
 def test_time_warp_training_runs_and_changes_the_result(synthetic, single_thread):
-    cfg = {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 1, "device": "cpu"}, "data": {"train_subset": 256}}
-    data = load_data(from_dict(RunConfig, cfg).data, beats=synthetic, progress=False, with_test=False)
-    plain = train(from_dict(RunConfig, cfg), data, torch.device("cpu"), progress=False)
-    cfg["train"]["time_warp"] = 0.75
-    warped = train(from_dict(RunConfig, cfg), data, torch.device("cpu"), progress=False)
+    data = load_data(_tiny().data, beats=synthetic, progress=False, with_test=False)
+    plain = train(_tiny(), data, pick_device("cpu"), progress=False)
+    warped = train(_tiny(time_warp=0.75), data, pick_device("cpu"), progress=False)
     assert warped.history[0]["loss_g_rec"] != plain.history[0]["loss_g_rec"]
 
 
 def test_lr_d_sets_the_discriminators_own_learning_rate(synthetic, single_thread):
     data = load_data(_tiny().data, beats=synthetic, progress=False)
+
     def shift(net, before):  # the largest change of any weight
         return max((p - q).abs().max().item() for p, q in zip(net.parameters(), before))
 
