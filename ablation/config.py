@@ -87,6 +87,9 @@ class TrainConfig:
     # BeatGAN's time-warp augmentation (ablation.data.augment): the fraction of each training batch
     # warped afresh every step (the paper's n_aug = 3 copies per beat: 3/4 of the beats seen are warped)
     time_warp: float = Range(0.0, 1.0, default=0.0)
+    # validations per epoch, evenly spaced in batches (1 = at the epoch's end only): a GAN-trained
+    # model's quality moves within an epoch, and the best checkpoint is chosen among all of them
+    val_per_epoch: int = Range(1, 1000, default=1)
 
 
 @dataclass

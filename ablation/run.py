@@ -27,7 +27,7 @@ class Outcome:
 RESULT_NEUTRAL = ("device", "eval_batch_size", "test_every_epoch", "compile")  # train keys that leave the result unchanged
 # train keys added after runs were stored: at these values they change nothing, so they stay out of
 # the key and the stored runs (teachers above all) are still found
-OFF_VALUES = {"ema": 0.0, "max_minutes": None, "precision": "fp32", "time_warp": 0.0, "lr_d": None}
+OFF_VALUES = {"ema": 0.0, "max_minutes": None, "precision": "fp32", "time_warp": 0.0, "lr_d": None, "val_per_epoch": 1}
 
 
 def run_key(cfg: RunConfig, data_fingerprint: str) -> str:
@@ -98,7 +98,8 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
         except Diverged as e:  # leaving the `with` block marks the run FAILED
             mlflow.set_tag("failure_reason", str(e))
             raise
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_at": result.best_at,
+                            "epochs_run": len(result.history),
                             "train_wall_seconds": result.seconds,
                             **{f"test_{k}": v for k, v in result.test.items()},
                             **{f"best_val_{k}": v for k, v in result.val.items() if k in ("auc", "ap", "f1")}})

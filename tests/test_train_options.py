@@ -1,5 +1,7 @@
-"""Training options: Polyak/EMA averaging of G (train.ema) and the wall-clock budget (train.max_minutes)."""
+"""Training options: Polyak/EMA averaging of G (train.ema), the wall-clock budget (train.max_minutes),
+validation within epochs (train.val_per_epoch), precision, compilation, time warp, D's learning rate."""
 import copy
+import math
 
 import pytest
 import torch
@@ -72,7 +74,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     from ablation.run import run_key
     base = from_dict(RunConfig, {})
     d = base.to_dict()
-    for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d"):
+    for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d", "val_per_epoch"):
         d["train"].pop(k)
     import hashlib, json  # the key as computed before these options existed
     old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
@@ -84,6 +86,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     assert run_key(from_dict(RunConfig, {"train": {"precision": "bf16"}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"time_warp": 0.75}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"lr_d": 5e-5}}), "fp") != old
+    assert run_key(from_dict(RunConfig, {"train": {"val_per_epoch": 4}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"compile": True}}), "fp") == old  # same result, faster
 
 
@@ -154,3 +157,22 @@ def test_lr_d_sets_the_discriminators_own_learning_rate(synthetic, single_thread
         moved[lr_d] = (shift(model.D, d0), shift(model.G, g0))
     assert moved[None][0] > 1e-4 and moved[1e-7][0] < 1e-5  # 4 Adam steps move a weight by <= 4 lr
     assert moved[1e-7][1] > 1e-4  # G still learns at train.lr
+
+
+def test_validation_within_epochs_picks_among_more_checkpoints_without_changing_training(synthetic, single_thread):
+    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
+                                "train": {"epochs": 2, "ema": 0.9, "device": "cpu", "val_per_epoch": 4},
+                                "data": {"train_subset": 512}})  # 8 batches per epoch: checks after 2, 4, 6, 8
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    fine = train(cfg, data, pick_device("cpu"), progress=False)
+    once = train(from_dict(RunConfig, {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "val_per_epoch": 1}}),
+                 data, pick_device("cpu"), progress=False)
+    # the checks in between read the model only: the epoch-end curve is the same run's
+    for a, b in zip(fine.history, once.history):
+        assert a["val_auc"] == b["val_auc"] and a["loss_g_rec"] == b["loss_g_rec"]
+    assert once.best_at == once.best_epoch + 1 and "val_auc_max_in_epoch" not in once.history[0]
+    assert fine.best_at in {e + q / 4 for e in range(2) for q in range(1, 5)}
+    assert fine.best_epoch == math.ceil(fine.best_at) - 1
+    best_fine = max(r["val_auc_max_in_epoch"] for r in fine.history)
+    assert fine.val["auc"] == best_fine >= once.val["auc"]
+    assert all(r["val_auc_max_in_epoch"] >= r["val_auc"] for r in fine.history)

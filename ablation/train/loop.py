@@ -7,10 +7,11 @@ Each iteration updates D, then G:
 
 D is re-initialised when its loss falls below ``d_reinit_below``. Data stay on the device as one
 tensor and batches are taken by index; loss terms are summed on the device and read once per epoch.
-Validation runs in eval mode after every epoch; the best epoch by validation AUC is kept and the
-test set is scored once, with that epoch's weights. With ``train.ema`` > 0 the evaluated generator
-is an exponential moving average of G's weights with BN statistics recomputed for it (see
-`Averaged`), which damps the epoch-to-epoch swing of a GAN-trained model.
+Validation runs in eval mode after every epoch (``train.val_per_epoch`` times per epoch when
+set); the best checkpoint by validation AUC is kept and the test set is scored once, with its
+weights. With ``train.ema`` > 0 the evaluated generator is an exponential moving average of G's
+weights with BN statistics recomputed for it (see `Averaged`), which damps the epoch-to-epoch
+swing of a GAN-trained model.
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ class Terms(Protocol):
 
 @dataclass
 class Result:
-    best_epoch: int
+    best_epoch: int  # the epoch during which the best checkpoint was taken (0-based)
+    best_at: float  # epochs trained at that checkpoint: best_epoch + 1 unless train.val_per_epoch > 1
     val: dict[str, float]
     test: dict[str, float]  # empty when the data had no test set (tuning)
     test_scores: np.ndarray
@@ -113,6 +115,19 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
 
     history: list[dict[str, float]] = []
     best = {"auc": -1.0}
+    checks = {round(n_batches * (j + 1) / tc.val_per_epoch) for j in range(tc.val_per_epoch)}  # batches done
+
+    def validate(epoch: int, done: int, order: torch.Tensor) -> dict[str, float]:
+        """Validate G_eval after `done` batches of `epoch` (order: the epoch's beat indices, the
+        first of which give an averaged G its BN statistics), keeping the best checkpoint so far."""
+        nonlocal best
+        if averaged:
+            averaged.refresh_bn(train_x[order[: averaged.bn_beats]], tc.batch_size)
+        val = metrics(data.val.y, scores(G_eval, val_x, tc.eval_batch_size))
+        if val["auc"] > best["auc"]:
+            best = {"auc": val["auc"], "epoch": epoch, "at": epoch + done / n_batches, "val": val,
+                    "state": {"G": copy.deepcopy(G_eval.state_dict()), "D": copy.deepcopy(D.state_dict())}}
+        return val
     t0 = time.perf_counter()
     epochs = tqdm(range(tc.epochs), desc=f"{cfg.role} epochs", disable=not progress, unit="ep")
     for epoch in epochs:
@@ -121,6 +136,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         sums: dict[str, torch.Tensor] = {}
         d_min = torch.full((), math.inf, device=device)
         reinits = 0
+        within: list[float] = []  # val AUC of the checks before the epoch's end
         order = torch.randperm(len(train_x), generator=gen)[: n_batches * tc.batch_size]
         batches = order.view(n_batches, tc.batch_size).to(device)
         te = time.perf_counter()
@@ -176,6 +192,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
                 D.apply(init_weights)
                 reinits += 1
                 d_min.fill_(math.inf)
+            if b + 1 in checks and b + 1 < n_batches:
+                within.append(validate(epoch, b + 1, batches.flatten())["auc"])
 
         row = {k: float(v) / n_batches for k, v in sums.items()}  # the epoch's one host read
         bad = [k for k, v in row.items() if not math.isfinite(v)]
@@ -183,9 +201,9 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
             raise Diverged(f"epoch {epoch}: non-finite {', '.join(bad)}")
         row["train_seconds"] = time.perf_counter() - te
         row["d_reinits"] = reinits
-        if averaged:
-            averaged.refresh_bn(train_x[batches.flatten()[: averaged.bn_beats]], tc.batch_size)  # this epoch's order
-        val = metrics(data.val.y, scores(G_eval, val_x, tc.eval_batch_size))
+        val = validate(epoch, n_batches, batches.flatten())
+        if within:
+            row["val_auc_max_in_epoch"] = max(within + [val["auc"]])
         row.update({f"val_{k}": v for k, v in val.items() if k in ("auc", "ap", "f1")})
         if G_eval is not G:  # the live weights, for comparison with their average
             row["val_auc_live"] = metrics(data.val.y, scores(G, val_x, tc.eval_batch_size))["auc"]
@@ -194,10 +212,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
             row.update({"test_auc_curve": tm["auc"], "test_ap_curve": tm["ap"]})
         for s in scheds:
             s.step()
-        if val["auc"] > best["auc"]:
-            best = {"auc": val["auc"], "epoch": epoch, "val": val,
-                    "state": {"G": copy.deepcopy(G_eval.state_dict()), "D": copy.deepcopy(D.state_dict())}}
         row["best_val_auc"] = best["auc"]
+        row["best_val_at"] = best["at"]  # epochs trained when the best checkpoint so far was taken
         history.append(row)
         epochs.set_postfix(val_auc=f"{val['auc']:.4f}", best=f"{best['auc']:.4f}@{best['epoch']}")
         if on_epoch:
@@ -209,8 +225,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     D.load_state_dict(best["state"]["D"])
     test_scores = scores(G, test_x, tc.eval_batch_size) if test_x is not None else np.zeros(0)
     test = metrics(data.test.y, test_scores, data.test.cls) if test_x is not None else {}
-    return Result(best_epoch=best["epoch"], val=best["val"], test=test, test_scores=test_scores,
-                  history=history, seconds=time.perf_counter() - t0, state=best["state"])
+    return Result(best_epoch=best["epoch"], best_at=best["at"], val=best["val"], test=test,
+                  test_scores=test_scores, history=history, seconds=time.perf_counter() - t0, state=best["state"])
 
 
 class Averaged:
