@@ -74,10 +74,11 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
 
     tags = {"role": cfg.role, "run_key": key, "data_fingerprint": data.fingerprint, "device": str(device),
             "git_commit": tracking.git_commit(), **(extra_tags or {})}
+    teacher_id, teacher = ensure_teacher(cfg.teacher_config(), data, device, progress) if cfg.role == "student" else (None, None)
+    torch.manual_seed(cfg.train.seed)  # the initial weights (G, D, connectors) follow the run's seed
     terms, student = None, BeatGAN.build(cfg.model, cfg.data.nc)
-    if cfg.role == "student":
+    if teacher is not None:
         from ablation.distill.distiller import Distiller
-        teacher_id, teacher = ensure_teacher(cfg.teacher_config(), data, device, progress)
         data = dataclasses.replace(data, train=data.train.to(device))  # one copy on the device, shared with the loop
         terms = Distiller(cfg.distill, teacher, student.to(device), data.train)
         n_t, n_s = sum(teacher.n_params().values()), sum(student.n_params().values())

@@ -46,6 +46,17 @@ def test_finished_run_is_found_not_retrained(teacher_run, synthetic):
     assert again.run_id == out.run_id and again.result is None
 
 
+def test_the_seed_makes_a_run_repeatable(teacher_run, synthetic):
+    cfg, out = teacher_run
+    torch.manual_seed(12345)  # whatever the global random state before the run, the seed decides
+    again = execute(cfg, beats=synthetic, progress=False, skip_finished=False)
+    assert again.run_id != out.run_id
+    untimed = lambda history: [{k: v for k, v in row.items() if k != "train_seconds"} for row in history]  # noqa: E731
+    assert untimed(again.result.history) == untimed(out.result.history)
+    for k, v in out.result.state["G"].items():
+        assert torch.equal(v, again.result.state["G"][k]), k
+
+
 def test_checkpoint_loads_weights_only_and_score_round_trip(teacher_run, synthetic, tmp_path):
     cfg, out = teacher_run
     cfg2, state = tracking.load_checkpoint(out.run_id)
