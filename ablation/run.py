@@ -74,7 +74,9 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
 
     tags = {"role": cfg.role, "run_key": key, "data_fingerprint": data.fingerprint, "device": str(device),
             "git_commit": tracking.git_commit(), **(extra_tags or {})}
-    teacher_id, teacher = ensure_teacher(cfg.teacher_config(), data, device, progress) if cfg.role == "student" else (None, None)
+    teacher_id, teacher = None, None
+    if cfg.role == "student":
+        teacher_id, teacher = ensure_teacher(cfg.teacher_config(), data, device, progress)
     torch.manual_seed(cfg.train.seed)  # the initial weights (G, D, connectors) follow the run's seed
     terms, student = None, BeatGAN.build(cfg.model, cfg.data.nc)
     if teacher is not None:
