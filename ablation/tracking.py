@@ -5,6 +5,7 @@ file store is deprecated). ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` point a
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import tempfile
@@ -29,11 +30,21 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 
 def setup(explicit: str | None = None) -> str:
+    """Point MLflow at the store; a new SQLite store gets its schema here, one process at a time.
+
+    MLflow builds (and migrates) a SQLite schema on first use without a lock, so two runs started at
+    once on a fresh ``runs/`` fail with "duplicate column" or alembic errors; a file lock beside the
+    database serialises that first use.
+    """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint load
     uri = tracking_uri(explicit)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            MlflowClient().search_experiments(max_results=1)  # builds the schema if missing
     return uri
 
 

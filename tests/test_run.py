@@ -118,3 +118,17 @@ def test_students_share_one_teacher_whatever_their_scale_knobs():
                               "distill": {"kd": {"kind": "recon"}}})
     assert a.teacher_config() == b.teacher_config()
     assert a.teacher_config().data.val_subset is None and a.teacher_config().data.train_subset is None
+
+
+def test_processes_started_together_share_a_fresh_store(tmp_path):
+    """Two teachers launched at once on an empty runs/ both reach the store (MLflow's first-use
+    schema build is not safe across processes: unlocked, most of these fail with a SQL error)."""
+    import subprocess
+    import sys
+    code = ("import sys; from mlflow.tracking import MlflowClient; from ablation import tracking; "
+            "tracking.setup(sys.argv[1]); MlflowClient().search_experiments()")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errors = [p.communicate()[1] for p in procs if p.wait() != 0]
+    assert not errors, errors[0][-500:]
