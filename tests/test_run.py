@@ -1,4 +1,7 @@
 """End to end on synthetic beats (fast; not ECG): a run in MLflow, teacher reuse, score, CLI errors."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -121,14 +124,13 @@ def test_students_share_one_teacher_whatever_their_scale_knobs():
 
 
 def test_processes_started_together_share_a_fresh_store(tmp_path):
-    """Two teachers launched at once on an empty runs/ both reach the store (MLflow's first-use
-    schema build is not safe across processes: unlocked, most of these fail with a SQL error)."""
-    import subprocess
-    import sys
+    """Runs launched at once on an empty runs/ all reach the store (MLflow's first-use schema build
+    is not safe across processes: without setup's lock most of these three fail with a SQL error)."""
     code = ("import sys; from mlflow.tracking import MlflowClient; from ablation import tracking; "
             "tracking.setup(sys.argv[1]); MlflowClient().search_experiments()")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     procs = [subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True)
              for _ in range(3)]
-    errors = [p.communicate()[1] for p in procs if p.wait() != 0]
+    stderrs = [p.communicate()[1] for p in procs]
+    errors = [err for p, err in zip(procs, stderrs) if p.returncode != 0]
     assert not errors, errors[0][-500:]
