@@ -69,6 +69,11 @@ class TrainConfig:
     # a slower D is one lever against the discriminator winning early; the same schedule applies
     lr_d: Optional[float] = Range(1e-7, 1.0, default=None)
     d_reinit_below: float = Range(0.0, None, default=5e-6)
+    # D's target for real beats: below 1 is one-sided label smoothing (Salimans et al., NeurIPS 2016,
+    # sec. 3.4, the paper that also introduced BeatGAN's feature matching), which keeps D from
+    # saturating; D's loss then stays above the binary entropy of this target, so a d_reinit_below
+    # under that floor never fires
+    d_real_label: float = Range(0.5, 1.0, default=1.0)
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = Range(1, 1_000_000, default=2048)

@@ -27,7 +27,8 @@ class Outcome:
 RESULT_NEUTRAL = ("device", "eval_batch_size", "test_every_epoch", "compile")  # train keys that leave the result unchanged
 # train keys added after runs were stored: at these values they change nothing, so they stay out of
 # the key and the stored runs (teachers above all) are still found
-OFF_VALUES = {"ema": 0.0, "max_minutes": None, "precision": "fp32", "time_warp": 0.0, "lr_d": None, "val_per_epoch": 1}
+OFF_VALUES = {"ema": 0.0, "max_minutes": None, "precision": "fp32", "time_warp": 0.0, "lr_d": None, "val_per_epoch": 1,
+              "d_real_label": 1.0}
 
 
 def run_key(cfg: RunConfig, data_fingerprint: str) -> str:

@@ -74,7 +74,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     from ablation.run import run_key
     base = from_dict(RunConfig, {})
     d = base.to_dict()
-    for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d", "val_per_epoch"):
+    for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d", "val_per_epoch", "d_real_label"):
         d["train"].pop(k)
     import hashlib, json  # the key as computed before these options existed
     old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
@@ -87,6 +87,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     assert run_key(from_dict(RunConfig, {"train": {"time_warp": 0.75}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"lr_d": 5e-5}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"val_per_epoch": 4}}), "fp") != old
+    assert run_key(from_dict(RunConfig, {"train": {"d_real_label": 0.9}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"compile": True}}), "fp") == old  # same result, faster
 
 
@@ -176,3 +177,24 @@ def test_validation_within_epochs_picks_among_more_checkpoints_without_changing_
     best_fine = max(r["val_auc_max_in_epoch"] for r in fine.history)
     assert fine.val["auc"] == best_fine >= once.val["auc"]
     assert all(r["val_auc_max_in_epoch"] >= r["val_auc"] for r in fine.history)
+
+
+def test_one_sided_label_smoothing_keeps_the_discriminators_loss_above_its_entropy_floor(synthetic, single_thread):
+    """BCE(p, 0.9) >= H(0.9) = 0.325 for any p: with the smoothed target D's loss cannot reach the
+    values BeatGAN's re-init rule looks for, while the same run with target 1 goes well below it."""
+    floor = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    loss_d = {}
+    for r in (1.0, 0.9):
+        cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
+                                    "train": {"epochs": 3, "device": "cpu", "lr_schedule": "constant", "lr": 2e-3,
+                                              "d_real_label": r},
+                                    "data": {"train_subset": 512}})
+        data = load_data(cfg.data, beats=synthetic, progress=False)
+        loss_d[r] = [h["loss_d"] for h in train(cfg, data, pick_device("cpu"), progress=False).history]
+    assert loss_d[1.0][-1] < floor / 2
+    assert min(loss_d[0.9]) >= floor
+
+
+def test_label_smoothing_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="d_real_label"):
+        from_dict(RunConfig, {"train": {"d_real_label": 0.3}})

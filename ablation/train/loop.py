@@ -2,16 +2,16 @@
 
 Each iteration updates D, then G:
 
-    D:  BCE(D(x), 1) + BCE(D(G(x)), 0)                       [+ distillation terms of the D step]
+    D:  BCE(D(x), r) + BCE(D(G(x)), 0)                       [+ distillation terms of the D step]
     G:  MSE(G(x), x) + w_adv * MSE(featD(G(x)), featD(x))   [+ distillation terms of the G step]
 
-D is re-initialised when its loss falls below ``d_reinit_below``. Data stay on the device as one
-tensor and batches are taken by index; loss terms are summed on the device and read once per epoch.
-Validation runs in eval mode after every epoch (``train.val_per_epoch`` times per epoch when
-set); the best checkpoint by validation AUC is kept and the test set is scored once, with its
-weights. With ``train.ema`` > 0 the evaluated generator is an exponential moving average of G's
-weights with BN statistics recomputed for it (see `Averaged`), which damps the epoch-to-epoch
-swing of a GAN-trained model.
+r is 1 (BeatGAN) or ``d_real_label`` (one-sided label smoothing). D is re-initialised when its
+loss falls below ``d_reinit_below``. Data stay on the device as one tensor and batches are taken
+by index; loss terms are summed on the device and read once per epoch. Validation runs in eval
+mode after every epoch (``train.val_per_epoch`` times per epoch when set); the best checkpoint by
+validation AUC is kept and the test set is scored once, with its weights. With ``train.ema`` > 0
+the evaluated generator is an exponential moving average of G's weights with BN statistics
+recomputed for it (see `Averaged`), which damps the epoch-to-epoch swing of a GAN-trained model.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")  # noqa: E731
     G_run, D_run = (torch.compile(G), torch.compile(D)) if tc.compile else (G, D)
     check_every = 1 if device.type == "cpu" else 16  # D re-init check without a sync every batch
-    ones = torch.ones(tc.batch_size, device=device)
+    real_target = torch.full((tc.batch_size,), tc.d_real_label, device=device)  # 1, or smoothed
     zeros = torch.zeros(tc.batch_size, device=device)
 
     history: list[dict[str, float]] = []
@@ -155,7 +155,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
                 # --- D step -----------------------------------------------------------------
                 logit_real, _ = D_run(x, d_real)
                 logit_fake, _ = D_run(fake.detach(), d_fake)
-                loss_d_adv = (F.binary_cross_entropy_with_logits(logit_real, ones)
+                loss_d_adv = (F.binary_cross_entropy_with_logits(logit_real, real_target)
                               + F.binary_cross_entropy_with_logits(logit_fake, zeros))
                 d_extra = terms.d_terms(x, fake.detach(), tap_dict(real=d_real, fake=d_fake), idx) if terms else {}
                 loss_d = loss_d_adv + sum(d_extra.values())
