@@ -185,10 +185,7 @@ def test_one_sided_label_smoothing_keeps_the_discriminators_loss_above_its_entro
     floor = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
     loss_d = {}
     for r in (1.0, 0.9):
-        cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
-                                    "train": {"epochs": 3, "device": "cpu", "lr_schedule": "constant", "lr": 2e-3,
-                                              "d_real_label": r},
-                                    "data": {"train_subset": 512}})
+        cfg = _tiny(epochs=3, lr=2e-3, d_real_label=r)
         data = load_data(cfg.data, beats=synthetic, progress=False)
         loss_d[r] = [h["loss_d"] for h in train(cfg, data, pick_device("cpu"), progress=False).history]
     assert loss_d[1.0][-1] < floor / 2
