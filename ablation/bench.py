@@ -8,8 +8,8 @@ numpy); both sides start every round from the same weights.
 Rows (section, item):
 
 - training: beats/s of a teacher step (ndf 32), a student step (ndf 8), and a distillation step
-  (student ndf 8, teacher ndf 32, score KL KD + attention transfer at disc.0-5.pre on the
-  reconstruction). Ours is `ablation.train.loop.train` (its ``train_seconds``, validation excluded),
+  (student ndf 8, teacher ndf 32, score KL KD + attention transfer at disc.0-4.pre and L2 at
+  disc.5.pre on the reconstruction). Ours is `ablation.train.loop.train` (its ``train_seconds``, validation excluded),
   one epoch per call; the reference is `ReferenceBeatGAN.train_epoch`. Rounds alternate ours and
   the reference; the ratio is the median over rounds of ours / reference, so a background load
   that drifts hits both sides of a pair alike.
@@ -170,7 +170,7 @@ def student_config(plan: Plan, device: str, epochs: int = 1, distill: bool = Fal
         d["distill"] = {"teacher": {"ndf": tw, "ngf": tw, "nz": plan.nz},
                         "kd": {"kind": "score_kl", "T": 4.0, "weight": 1.0},
                         "features": [{"position": f"disc.{k}.pre", "input": "fake", "target": "teacher",
-                                      "distance": "at", "weight": 1.0} for k in range(6)]}
+                                      "distance": "at" if k < 5 else "l2", "weight": 1.0} for k in range(6)]}
     return from_dict(RunConfig, d)
 
 

@@ -23,9 +23,20 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
-def Range(lo: float | None = None, hi: float | None = None, default: Any = dataclasses.MISSING, **kw):
-    """A dataclass field whose numeric value must lie in [lo, hi]."""
-    return field(default=default, metadata={"lo": lo, "hi": hi}, **kw)
+_ALWAYS = object()  # marker: a field that is part of every run's identity
+
+
+def Range(lo: float | None = None, hi: float | None = None, default: Any = dataclasses.MISSING,
+          off: Any = _ALWAYS, neutral: bool = False):
+    """A dataclass field whose numeric value must lie in [lo, hi] (see `Option` for off/neutral)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "off": off, "neutral": neutral})
+
+
+def Option(default: Any, off: Any = _ALWAYS, neutral: bool = False):
+    """A field's place in a run's identity (`run_identity`): ``neutral`` fields never change a
+    result (device, compilation); a field with an ``off`` value leaves the identity while it holds
+    that value, so adding an option keeps every stored run and trial found."""
+    return field(default=default, metadata={"off": off, "neutral": neutral})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,34 +78,34 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decay to lr/100 over `epochs`
     # D's own learning rate (None = lr): the two time-scale update rule (Heusel et al., NeurIPS 2017);
     # a slower D is one lever against the discriminator winning early; the same schedule applies
-    lr_d: Optional[float] = Range(1e-7, 1.0, default=None)
+    lr_d: Optional[float] = Range(1e-7, 1.0, default=None, off=None)
     d_reinit_below: float = Range(0.0, None, default=5e-6)
     # D's target for real beats: below 1 is one-sided label smoothing (Salimans et al., NeurIPS 2016,
     # sec. 3.4, the paper that also introduced BeatGAN's feature matching), which keeps D from
     # saturating; D's loss then stays above the binary entropy of this target, so a d_reinit_below
     # under that floor never fires
-    d_real_label: float = Range(0.5, 1.0, default=1.0)
+    d_real_label: float = Range(0.5, 1.0, default=1.0, off=1.0)
     seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = Range(1, 1_000_000, default=2048)
-    test_every_epoch: bool = False  # diagnostic learning curve only: never used for selection
+    device: str = Option("auto", neutral=True)
+    eval_batch_size: int = Range(1, 1_000_000, default=2048, neutral=True)
+    test_every_epoch: bool = Option(False, neutral=True)  # diagnostic curve only: never used for selection
     # Polyak/EMA average of G's weights, decay per step (0 = off), BN statistics recomputed for it before
     # each validation. When on, validation, selection, the checkpoint and the test use the average;
     # the live G's val AUC is logged beside it (val_auc_live).
-    ema: float = Range(0.0, 0.99999, default=0.0)
+    ema: float = Range(0.0, 0.99999, default=0.0, off=0.0)
     # wall-clock budget: training ends after the first epoch that finishes past it (CPU scale);
     # the best-validation epoch among those run is tested as usual, `epochs_run` says how many ran
-    max_minutes: Optional[float] = Range(0.0, None, default=None)
+    max_minutes: Optional[float] = Range(0.0, None, default=None, off=None)
     # speed options: bf16 autocast of the training forwards (evaluation stays float32; its AUC against
     # fp32: studies/precision.yaml), and torch.compile of G and D (the result is the same run)
-    precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
+    precision: Literal["fp32", "bf16"] = Option("fp32", off="fp32")
+    compile: bool = Option(False, neutral=True)
     # BeatGAN's time-warp augmentation (ablation.data.augment): the fraction of each training batch
     # warped afresh every step (the paper's n_aug = 3 copies per beat: 3/4 of the beats seen are warped)
-    time_warp: float = Range(0.0, 1.0, default=0.0)
+    time_warp: float = Range(0.0, 1.0, default=0.0, off=0.0)
     # validations per epoch, evenly spaced in batches (1 = at the epoch's end only): a GAN-trained
     # model's quality moves within an epoch, and the best checkpoint is chosen among all of them
-    val_per_epoch: int = Range(1, 1000, default=1)
+    val_per_epoch: int = Range(1, 1000, default=1, off=1)
 
 
 @dataclass
@@ -138,7 +149,7 @@ class DistillConfig:
     teacher_bn: Literal["eval", "train"] = "eval"
     kd: KDConfig = field(default_factory=KDConfig)
     features: list[FeatureConfig] = field(default_factory=list)
-    normalize: bool = False  # divide each term by its magnitude on the first batch
+    normalize: bool = False  # each term = weight x term / |term at the first batch|
 
 
 @dataclass
@@ -155,8 +166,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """A stable hash of the resolved config (key order does not matter)."""
-        return config_hash(self.to_dict())
+        """A stable hash of the run's identity (`run_identity`; key order does not matter)."""
+        return config_hash(run_identity(self))
 
     def teacher_config(self) -> "RunConfig":
         """The RunConfig of this student's teacher: the same split and fold, the full validation
@@ -165,6 +176,36 @@ class RunConfig:
             raise ConfigError("teacher_config() needs a student config with a `distill` section")
         data = dataclasses.replace(self.data, train_subset=self.distill.teacher_train_subset, val_subset=None)
         return RunConfig(role="teacher", data=data, model=self.distill.teacher, train=self.distill.teacher_train)
+
+
+DISTILL_REVISION = 2
+"""Part of every student's identity; raised when a fix changes what a student config trains
+(2: ``normalize`` keeps the weights, score_kl's scale, ft's paraphraser to a plateau, the seeded
+sample that distances fit on, the student's own initial weights). Teachers' identities are unchanged."""
+
+
+def run_identity(cfg: RunConfig) -> dict:
+    """What identifies a run's result, as a nested dict: the resolved config without its neutral
+    fields and without the fields at their ``off`` value (see `Option`); a student's carries
+    `DISTILL_REVISION`. `RunConfig.key` and the run key (with the data) both hash this."""
+    d = _identity(cfg)
+    if cfg.distill is not None:
+        d["distill_revision"] = DISTILL_REVISION
+    return d
+
+
+def _identity(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_identity(v) for v in obj]
+    if not dataclasses.is_dataclass(obj):
+        return obj
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("neutral") or value == f.metadata.get("off", _ALWAYS):
+            continue
+        out[f.name] = _identity(value) if dataclasses.is_dataclass(value) or isinstance(value, list) else value
+    return out
 
 
 def config_hash(d: dict) -> str:
@@ -271,8 +312,24 @@ def _check_registered(obj, src: str, prefix: str) -> None:
                     Position.parse(pos, obj.input)
                 except ValueError as e:
                     raise ConfigError(f"{src}: `{prefix}`: {e}") from e
-        if DISTANCES[obj.distance].n_positions == 2 and obj.pair is None:
+        cls = DISTANCES[obj.distance]
+        if cls.n_positions == 2 and obj.pair is None:
             raise ConfigError(f"{src}: `{prefix}.pair` is required by distance {obj.distance!r}")
+        if obj.target == "self_real" and cls.fitted_on_teacher:
+            raise ConfigError(f"{src}: `{prefix}`: distance {obj.distance!r} is fitted on the teacher's network "
+                              f"before training, so it cannot target self_real (the student's own D); "
+                              f"use target: teacher or a distance such as at, l2, l1, cosine")
+        try:  # parameter names and values, checked before any teacher trains
+            channels = 4 if cls.n_positions == 1 else (4,) * cls.n_positions
+            cls(channels, channels, teacher_bn=None, **obj.params)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{src}: `{prefix}.params`: {e}") from e
+        from ablation.models.beatgan import tap_length
+        for pos in (obj.position, obj.pair):
+            if pos is not None and tap_length(pos) < cls.min_length:
+                raise ConfigError(f"{src}: `{prefix}.position` {pos!r} has length {tap_length(pos)}, and distance "
+                                  f"{obj.distance!r} is constant on features shorter than {cls.min_length}; "
+                                  f"choose a block 0-4 (or a dec position)")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -9,7 +10,7 @@ import mlflow
 import torch
 
 from ablation import tracking
-from ablation.config import RunConfig, config_hash
+from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, load_data
 from ablation.data.mitdb import Beats
 from ablation.models.beatgan import BeatGAN
@@ -24,23 +25,16 @@ class Outcome:
     result: Result | None  # None when the run was found finished and skipped
 
 
-RESULT_NEUTRAL = ("device", "eval_batch_size", "test_every_epoch", "compile")  # train keys that leave the result unchanged
-# train keys added after runs were stored: at these values they change nothing, so they stay out of
-# the key and the stored runs (teachers above all) are still found
-OFF_VALUES = {"ema": 0.0, "max_minutes": None, "precision": "fp32", "time_warp": 0.0, "lr_d": None, "val_per_epoch": 1,
-              "d_real_label": 1.0}
-
-
 def run_key(cfg: RunConfig, data_fingerprint: str) -> str:
-    """What identifies a run's result: its resolved config and the exact beats it saw."""
-    d = cfg.to_dict()
-    for train in [d["train"]] + ([d["distill"]["teacher_train"]] if d["distill"] else []):
-        for k in RESULT_NEUTRAL:
-            train.pop(k)
-        for k, off in OFF_VALUES.items():
-            if train[k] == off:
-                train.pop(k)
-    return config_hash({"config": d, "data": data_fingerprint})
+    """What identifies a run's result: its identity (`run_identity`) and the exact beats it saw."""
+    return config_hash({"config": run_identity(cfg), "data": data_fingerprint})
+
+
+def init_seed(role: str, seed: int) -> int:
+    """The seed of a run's initial weights: the run's own seed for a teacher (as every stored
+    teacher was trained), another stream for a student, so that a student of its teacher's width
+    at seed s does not start from the teacher's initial weights at seed s."""
+    return seed if role == "teacher" else zlib.crc32(f"student:{seed}".encode())
 
 
 def load_model(cfg: RunConfig, state: dict, device: torch.device) -> BeatGAN:
@@ -78,12 +72,12 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
     teacher_id, teacher = None, None
     if cfg.role == "student":
         teacher_id, teacher = ensure_teacher(cfg.teacher_config(), data, device, progress)
-    torch.manual_seed(cfg.train.seed)  # the initial weights (G, D, connectors) follow the run's seed
+    torch.manual_seed(init_seed(cfg.role, cfg.train.seed))  # the initial weights (G, D, connectors)
     terms, student = None, BeatGAN.build(cfg.model, cfg.data.nc)
     if teacher is not None:
         from ablation.distill.distiller import Distiller
         data = dataclasses.replace(data, train=data.train.to(device))  # one copy on the device, shared with the loop
-        terms = Distiller(cfg.distill, teacher, student.to(device), data.train)
+        terms = Distiller(cfg.distill, teacher, student.to(device), data.train, seed=cfg.train.seed)
         n_t, n_s = sum(teacher.n_params().values()), sum(student.n_params().values())
         tags.update({"teacher_run_id": teacher_id, "teacher_params": str(n_t), "student_params": str(n_s),
                      "compression_ratio": f"{n_t / n_s:.3f}"})
@@ -92,6 +86,8 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
     with mlflow.start_run(experiment_id=tracking.experiment_id(experiment), parent_run_id=parent_run_id,
                           run_name=f"{cfg.role}-{key[:8]}") as run:
         tracking.log_run_inputs(cfg, tags)
+        if terms is not None and (fitted := terms.prepare_report()):
+            mlflow.log_metrics({f"prepare.{k}": v for k, v in fitted.items()})
         try:
             def log_epoch(epoch: int, row: dict[str, float]) -> None:
                 mlflow.log_metrics(row, step=epoch)

@@ -137,10 +137,12 @@ def at_loss(f_s, f_t):
 
 
 def kd_loss_numpy(score_s: np.ndarray, score_t: np.ndarray, T: float):
-    """KL(softmax(t/T) || softmax(s/T)) * T^2 over the batch's anomaly scores, from numpy arrays.
+    """KL(softmax(t/(sd T)) || softmax(s/(sd T))) * T^2 over the batch's anomaly scores, sd the
+    teacher scores' spread (our score_kl), from numpy arrays.
     WRONG ON PURPOSE (see the module docstring): no gradient reaches the student."""
-    s = torch.tensor(score_s)
-    t = torch.tensor(score_t)
+    sd = max(float(np.std(score_t)), 1e-12)
+    s = torch.tensor(score_s / sd)
+    t = torch.tensor(score_t / sd)
     return F.kl_div(F.log_softmax(s / T, dim=0), F.softmax(t / T, dim=0), reduction="sum") * T * T
 
 
@@ -149,7 +151,8 @@ def kd_loss_numpy(score_s: np.ndarray, score_t: np.ndarray, T: float):
 # ----------------------------------------------------------------------------------------------
 class ReferenceBeatGAN:
     """BeatGAN training in the original style; with `teacher` set, the earlier project's
-    distillation: KD on anomaly scores plus attention transfer at each tapped D block on the fake."""
+    distillation: KD on anomaly scores plus attention transfer at each tapped D block on the fake
+    (L2 on the length-1 logit, where attention transfer is constant)."""
 
     def __init__(self, G: RefGenerator, D: RefDiscriminator, train_x: np.ndarray, device="cpu",
                  batchsize: int = 64, lr: float = 2e-4, beta1: float = 0.5, w_adv: float = 1.0,
@@ -227,7 +230,8 @@ class ReferenceBeatGAN:
             f_s = feature_at(self.netd, self.fake, k)
             with torch.no_grad():
                 f_t = feature_at(t_d, self.fake, k)
-            err_fd = err_fd + at_loss(f_s, f_t.detach())
+            # attention transfer is constant on the length-1 logit (block 5): an L2 term there
+            err_fd = err_fd + (at_loss(f_s, f_t.detach()) if k < 5 else F.mse_loss(f_s, f_t.detach()))
         return err_kd, err_fd
 
     def reinitialize_netd(self):

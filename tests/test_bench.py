@@ -90,7 +90,7 @@ def test_reference_step_equals_our_step(one_batch):
 
 
 def test_reference_distillation_terms_equal_ours(one_batch):
-    """KD on scores and attention transfer at the six D blocks: the same values as our Distiller;
+    """KD on scores and feature terms at the six D blocks: the same values as our Distiller;
     the reference's KD term has no gradient (the earlier project's defect, kept on purpose)."""
     ref = load_reference()
     cfg = student_config(SMALL, "cpu", distill=True)

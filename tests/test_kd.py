@@ -40,7 +40,8 @@ def np_softmax(v: np.ndarray) -> np.ndarray:
 
 
 def np_score_kl(s: np.ndarray, tt: np.ndarray, T: float) -> float:
-    p, q = np_softmax(tt / T), np_softmax(s / T)
+    sd = tt.std()  # both sides on the teacher's scale (population sd)
+    p, q = np_softmax(tt / (sd * T)), np_softmax(s / (sd * T))
     return float(np.sum(p * np.log(p / q)) * T**2)
 
 
@@ -63,18 +64,24 @@ def np_binary_kl(s: np.ndarray, tt: np.ndarray, T: float) -> float:
 # score_kl
 # ------------------------------------------------------------------------------------------------
 def test_score_kl_by_hand_two_beats():
-    # T = 1: p_t = softmax(0, ln 3) = (1/4, 3/4); p_s = softmax(0, 0) = (1/2, 1/2)
-    # KL = 1/4 ln(1/2) + 3/4 ln(3/2)
-    kd = ScoreKL(T=1.0, s_nz=1, t_nz=1)
-    value = kd(Outputs(score=t([0.0, 0.0])), Outputs(score=t([0.0, math.log(3)])))
-    assert value.item() == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5))
-
-
-def test_score_kl_includes_t_squared():
-    # T = 2: scores divided by 2 give the same two distributions as above; the value is x T^2 = 4.
+    # teacher scores (0, 2a) have population sd a, so z_t = (0, 2) and z_t / T = (0, 1) at T = 2;
+    # the student's (0, 0) gives the uniform distribution
+    a = 0.013
     kd = ScoreKL(T=2.0, s_nz=1, t_nz=1)
-    value = kd(Outputs(score=t([0.0, 0.0])), Outputs(score=t([0.0, 2 * math.log(3)])))
-    assert value.item() == pytest.approx(4 * (0.25 * math.log(0.5) + 0.75 * math.log(1.5)))
+    value = kd(Outputs(score=t([0.0, 0.0])), Outputs(score=t([0.0, 2 * a])))
+    # p_t = (1, e) / (1 + e), p_s = (1/2, 1/2), times T^2 = 4
+    p = np.array([1.0, math.e]) / (1 + math.e)
+    assert value.item() == pytest.approx(4 * float(np.sum(p * np.log(p / 0.5))))
+
+
+def test_score_kl_is_invariant_to_the_scale_of_the_scores():
+    # the point of dividing by the teacher's sd: scores of 1e-2 and of 1 give the same term
+    rng = np.random.default_rng(0)
+    s, tt = rng.uniform(0, 1, 9), rng.uniform(0, 1, 9)
+    kd = ScoreKL(T=4.0, s_nz=1, t_nz=1)
+    big = kd(Outputs(score=t(s)), Outputs(score=t(tt))).item()
+    small = kd(Outputs(score=t(s * 1e-2)), Outputs(score=t(tt * 1e-2))).item()
+    assert small == pytest.approx(big, rel=1e-9) and big > 0
 
 
 @pytest.mark.parametrize("T", [0.5, 1.0, 4.0])

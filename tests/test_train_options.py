@@ -131,9 +131,11 @@ def test_time_warp_follows_beatgans_rule():
     torch.testing.assert_close(warped[:, 0], source_positions(3, 320, torch.Generator().manual_seed(1)))
     torch.testing.assert_close(warped[:, 0], warped[:, 1])  # both leads warped alike
     x = torch.randn(400, 1, 320)
-    some = warp_fraction(x, 0.75, torch.Generator().manual_seed(2))
-    changed = (some != x).flatten(1).any(1).float().mean()
-    assert 0.65 < float(changed) < 0.85 and warp_fraction(x, 0.0, gen) is x
+    some, mask = warp_fraction(x, 0.75, torch.Generator().manual_seed(2))
+    changed = (some != x).flatten(1).any(1)
+    assert 0.65 < float(changed.float().mean()) < 0.85 and torch.equal(changed, mask)
+    same, none = warp_fraction(x, 0.0, gen)
+    assert same is x and none is None
 
 
 def test_time_warp_training_runs_and_changes_the_result(synthetic, single_thread):

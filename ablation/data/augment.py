@@ -49,14 +49,15 @@ def time_warp(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return gather(left) * (1 - frac) + gather(right) * frac
 
 
-def warp_fraction(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """x with a random `fraction` of its beats time-warped (the rest unchanged)."""
+def warp_fraction(x: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x with a random `fraction` of its beats time-warped, the (B,) bool mask of those beats on
+    x's device, or None when none was warped)."""
     if fraction <= 0:
-        return x
+        return x, None
     chosen = torch.rand(len(x), generator=generator) < fraction  # drawn on the host: no device sync
     if not chosen.any():
-        return x
+        return x, None
     chosen = chosen.to(x.device)
     out = x.clone()
     out[chosen] = time_warp(x[chosen], generator)
-    return out
+    return out, chosen

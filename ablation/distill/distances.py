@@ -75,6 +75,8 @@ class Distance(nn.Module):
     n_positions: ClassVar[int] = 1
     needs_matched_channels: ClassVar[bool] = False
     defaults: ClassVar[Mapping[str, Any]] = {}
+    min_length: ClassVar[int] = 1  # shortest feature length on which the distance is not constant
+    fitted_on_teacher: ClassVar[bool] = False  # fits on the teacher's network (margin, paraphraser)
 
     def __init__(self, s_channels: Channels, t_channels: Channels,
                  teacher_bn: nn.BatchNorm1d | None = None, **params: Any) -> None:
@@ -229,6 +231,7 @@ class PartialL2(Distance):
     """
 
     needs_matched_channels = True
+    fitted_on_teacher = True
 
     def __init__(self, s_channels: Channels, t_channels: Channels,
                  teacher_bn: nn.BatchNorm1d | None = None, **params: Any) -> None:
@@ -290,9 +293,11 @@ class AttentionTransfer(Distance):
 
     a(f) = normalize_L2(mean over channels of |f|^p), shape (B, L); loss = mean((a_s - a_t)^2)
     over B x L. Param ``p`` (default 2). Shapes: f_s (B, C_s, L), f_t (B, C_t, L); C_s, C_t may differ.
+    At L = 1 both maps are 1 after normalising and the loss is identically zero (``min_length``).
     """
 
     defaults = {"p": 2.0}
+    min_length = 2
 
     def __init__(self, s_channels: Channels, t_channels: Channels,
                  teacher_bn: nn.BatchNorm1d | None = None, **params: Any) -> None:
@@ -377,16 +382,21 @@ class FactorTransfer(Distance):
     """Factor transfer (Kim et al., "Paraphrasing Complex Network", NeurIPS 2018).
 
     A paraphraser (C_t -> k = round(C_t * factor_rate) factors -> C_t) is trained by `prepare` on
-    teacher batches with the reconstruction loss mean((x - P(x))^2) for ``paraphraser_epochs``
-    passes (Adam, ``paraphraser_lr``), then frozen (no grad, kept in eval mode). A translator
-    (C_s -> k, two conv blocks) is a module parameter, trained with the student.
+    teacher batches with the reconstruction loss mean((x - P(x))^2) (Adam, ``paraphraser_lr``)
+    until an epoch improves the mean loss by less than ``paraphraser_tol`` (relative) or after
+    ``paraphraser_epochs`` epochs, then frozen (no grad, kept in eval mode); `fit_report` gives
+    the epochs run and the frozen paraphraser's MSE, absolute and relative to the features'
+    variance. A translator (C_s -> k, two conv blocks) is a module parameter, trained with the student.
     With F = factors flattened to (B, k*L):
     loss = mean over b of || F_s[b] / ||F_s[b]||_2 - F_t[b] / ||F_t[b]||_2 ||_p.
-    Params: factor_rate (0.5), p (1), paraphraser_epochs (1), paraphraser_lr (1e-3).
-    Shapes: f_s (B, C_s, L), f_t (B, C_t, L). Forward before `prepare` is a RuntimeError.
+    Params: factor_rate (0.5), p (1), paraphraser_epochs (100, a cap), paraphraser_tol (0.01),
+    paraphraser_lr (1e-3). Shapes: f_s (B, C_s, L), f_t (B, C_t, L). Forward before `prepare` is a
+    RuntimeError.
     """
 
-    defaults = {"factor_rate": 0.5, "p": 1.0, "paraphraser_epochs": 1, "paraphraser_lr": 1e-3}
+    defaults = {"factor_rate": 0.5, "p": 1.0, "paraphraser_epochs": 100, "paraphraser_tol": 0.01,
+                "paraphraser_lr": 1e-3}
+    fitted_on_teacher = True
 
     def __init__(self, s_channels: Channels, t_channels: Channels,
                  teacher_bn: nn.BatchNorm1d | None = None, **params: Any) -> None:
@@ -394,6 +404,7 @@ class FactorTransfer(Distance):
         self._check_param("factor_rate", lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "in (0, 1]")
         self._check_param("p", _positive_number, "a number > 0")
         self._check_param("paraphraser_epochs", lambda v: isinstance(v, int) and v >= 1, "an int >= 1")
+        self._check_param("paraphraser_tol", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
         self._check_param("paraphraser_lr", _positive_number, "a number > 0")
         if not (isinstance(s_channels, int) and isinstance(t_channels, int)):
             raise ValueError(f"distance 'ft' needs int channel counts, got {s_channels!r}, {t_channels!r}")
@@ -403,6 +414,7 @@ class FactorTransfer(Distance):
         self.translator = nn.Sequential(_conv_block(s_channels, s_channels), _conv_block(s_channels, self.factors))
         self.register_buffer("paraphraser_fitted", torch.tensor(False))
         self._fitted = False
+        self.fit_report: dict[str, float] = {}
 
     def train(self, mode: bool = True) -> FactorTransfer:
         """Switch the translator's mode; the frozen paraphraser stays in eval mode."""
@@ -411,28 +423,34 @@ class FactorTransfer(Distance):
         return self
 
     def prepare(self, teacher_batches: Iterable[Tensor]) -> None:
-        """Train the paraphraser on teacher features (reconstruction loss), then freeze it."""
-        epochs = self.hparams["paraphraser_epochs"]
-        if epochs > 1 and iter(teacher_batches) is teacher_batches:
-            raise TypeError("distance 'ft': paraphraser_epochs > 1 needs re-iterable teacher batches "
-                            "(a list or a DataLoader), not a one-shot iterator")
-        device = self.paraphraser_fitted.device
+        """Train the paraphraser on teacher features (reconstruction loss) to a plateau, then freeze it."""
+        batches = [f_t.detach().to(self.paraphraser_fitted.device) for f_t in teacher_batches]
+        if not batches:
+            raise ValueError("distance 'ft': prepare() got no teacher batches")
         para = self.paraphraser.requires_grad_(True)
         para.train()
         optimiser = torch.optim.Adam(para.parameters(), lr=self.hparams["paraphraser_lr"])
-        steps = 0
+        previous, epochs = math.inf, 0
         with torch.enable_grad():
-            for _ in range(epochs):
-                for f_t in teacher_batches:
-                    x = f_t.detach().to(device)
+            while epochs < self.hparams["paraphraser_epochs"]:
+                total = 0.0
+                for x in batches:
                     loss = F.mse_loss(para(x), x)
                     optimiser.zero_grad()
                     loss.backward()
                     optimiser.step()
-                    steps += 1
+                    total += loss.item()
+                epochs += 1
+                mean = total / len(batches)
+                if previous - mean < self.hparams["paraphraser_tol"] * previous:
+                    break
+                previous = mean
         para.requires_grad_(False).eval()
-        if steps == 0:
-            raise ValueError("distance 'ft': prepare() got no teacher batches")
+        with torch.no_grad():
+            mse = sum(F.mse_loss(para(x), x).item() for x in batches) / len(batches)
+            var = sum(x.var(dim=(0, 2)).mean().item() for x in batches) / len(batches)
+        self.fit_report = {"paraphraser_epochs": epochs, "paraphraser_mse": mse,
+                           "paraphraser_rel_mse": mse / max(var, 1e-12)}
         self.paraphraser_fitted.fill_(True)
         self._fitted = True
 

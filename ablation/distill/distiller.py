@@ -31,6 +31,13 @@ PREPARE_BEATS = 4096  # teacher beats used by distances that fit something first
 CACHE_BYTES = 2 * 1024 ** 3  # cap on the teacher outputs cached for the real training beats
 
 
+def prepare_sample(n: int, k: int, seed: int) -> Tensor:
+    """Sorted indices of a seeded random sample of min(k, n) of n training beats: what distances
+    fit on before training (a subset of the training set may be sorted by record)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:k].sort().values
+
+
 def freeze(teacher: BeatGAN, bn_mode: str) -> None:
     """No gradients, fixed BN mode; in ``train`` mode BN normalises with batch statistics and,
     with running-statistics tracking off, never touches its buffers."""
@@ -90,7 +97,7 @@ class FeatureTerm(nn.Module):
 class Distiller(nn.Module):
     """Builds the KD and feature terms of `cfg` and computes them in the loop's G and D steps."""
 
-    def __init__(self, cfg: DistillConfig, teacher: BeatGAN, student: BeatGAN, train_x: Tensor):
+    def __init__(self, cfg: DistillConfig, teacher: BeatGAN, student: BeatGAN, train_x: Tensor, seed: int = 0):
         super().__init__()
         self.cfg = cfg
         self.teacher = teacher
@@ -101,7 +108,7 @@ class Distiller(nn.Module):
                                         teacher.G.encoder.blocks[-1].conv.out_channels)
         self.kd_name = f"kd_{cfg.kd.kind}"
         self.to(train_x.device)
-        self._prepare(train_x[:PREPARE_BEATS])
+        self._prepare(train_x[prepare_sample(len(train_x), PREPARE_BEATS, seed).to(train_x.device)])
         self.needs = {step: self._needs(step) for step in ("G", "D")}  # fixed per run, read every step
         self.cache = self._build_cache(train_x, t_shapes)
         self.scale: dict[str, Tensor] = {}  # per-term 1/|value at the first batch| when cfg.normalize
@@ -163,35 +170,49 @@ class Distiller(nn.Module):
         return cache
 
     def _teacher(self, step: str, x: Tensor, fake: Tensor, idx: Tensor | None) -> tuple[dict[str, Tensor], Outputs]:
-        """The teacher's taps and outputs a step needs: from the cache (by beat index) or a live pass."""
+        """The teacher's taps and outputs a step needs: from the cache (by beat index) or a live pass.
+        A negative index marks a beat that is not a training beat as stored (time-warped): those
+        beats get a live pass of their own (eval-mode BN: a beat's output does not depend on its batch)."""
         values: dict[str, Tensor] = {}
         for npass in self.needs[step]:
-            if idx is not None and npass in self.cache:
-                values.update({k: v[idx] for k, v in self.cache[npass].items()})
-            else:
-                values.update(self._teacher_pass(npass, x if npass.endswith(":real") else fake))
+            inp = x if npass.endswith(":real") else fake
+            if idx is None or npass not in self.cache:
+                values.update(self._teacher_pass(npass, inp))
+                continue
+            cached = {k: v[idx.clamp_min(0)] for k, v in self.cache[npass].items()}
+            new = idx < 0
+            if new.any():
+                live = self._teacher_pass(npass, inp[new])
+                for k, v in cached.items():
+                    v[new] = live[k]
+            values.update(cached)
         out = Outputs(**{k[4:]: v for k, v in values.items() if k.startswith("out:")})
         return values, out
+
+    def prepare_report(self) -> dict[str, float]:
+        """What the distances fitted before training: ``<term>.<quantity>`` (e.g. the paraphraser's loss)."""
+        return {f"{t.name}.{k}": v for t in self.features for k, v in getattr(t.distance, "fit_report", {}).items()}
 
     # -- the loop's interface --------------------------------------------------------------------
     def g_terms(self, x: Tensor, fake: Tensor, latent: Tensor, taps: dict[str, Tensor],
                 idx: Tensor | None = None) -> dict[str, Tensor]:
-        """G-step terms; `idx` (B,) are the batch's indices into the training set (enables the cache)."""
+        """G-step terms; `idx` (B,) are the batch's indices into the training set (enables the cache;
+        -1 for a beat that was augmented)."""
         t_taps, t_out = self._teacher("G", x, fake, idx)
-        terms = {t.name: t.weight * t(taps, t_taps) for t in self.features if t.step == "G"}
+        raw = {t.name: (t.weight, t(taps, t_taps)) for t in self.features if t.step == "G"}
         if self.cfg.kd.kind != "none" and self.kd.step == "G":
             s_out = Outputs(score=anomaly_score(x, fake), recon=fake, latent=latent.flatten(1))
-            terms[self.kd_name] = self.cfg.kd.weight * self.kd(s_out, t_out)
-        return self._normalised(terms)
+            raw[self.kd_name] = (self.cfg.kd.weight, self.kd(s_out, t_out))
+        return self._weighted(raw)
 
     def d_terms(self, x: Tensor, fake: Tensor, taps: dict[str, Tensor], idx: Tensor | None = None) -> dict[str, Tensor]:
         """D-step terms; `idx` as in `g_terms`."""
         t_taps, t_out = self._teacher("D", x, fake, idx)
-        terms = {t.name: t.weight * t(taps, t_taps) for t in self.features if t.step == "D"}
+        raw = {t.name: (t.weight, t(taps, t_taps)) for t in self.features if t.step == "D"}
         if self.cfg.kd.kind != "none" and self.kd.step == "D":
             s_out = Outputs(logit_real=taps["real:disc.5.pre"].flatten(), logit_fake=taps["fake:disc.5.pre"].flatten())
-            terms[self.kd_name] = self.cfg.kd.weight * self.kd(s_out, t_out)
-        return self._normalised(terms)
+            raw[self.kd_name] = (self.cfg.kd.weight, self.kd(s_out, t_out))
+        return self._weighted(raw)
 
     def g_parameters(self) -> list[nn.Parameter]:
         return self._parameters_of("G")
@@ -204,14 +225,15 @@ class Distiller(nn.Module):
         mods = [t for t in self.features if t.step == step] + ([self.kd] if self.kd.step == step else [])
         return [p for m in mods for p in m.parameters() if p.requires_grad]
 
-    def _normalised(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
-        """With ``normalize``, divide each term by its magnitude at the first batch (a constant)."""
+    def _weighted(self, raw: dict[str, tuple[float, Tensor]]) -> dict[str, Tensor]:
+        """weight x term; with ``normalize``, weight x term / |the raw term at the first batch|
+        (a constant), so that a weight means the same for every kind and distance."""
         if not self.cfg.normalize:
-            return terms
-        for k, v in terms.items():
+            return {k: w * v for k, (w, v) in raw.items()}
+        for k, (_, v) in raw.items():
             if k not in self.scale:
                 self.scale[k] = 1.0 / v.detach().abs().clamp_min(1e-12)
-        return {k: v * self.scale[k] for k, v in terms.items()}
+        return {k: w * v * self.scale[k] for k, (w, v) in raw.items()}
 
     @torch.no_grad()
     def _prepare(self, x: Tensor) -> None:

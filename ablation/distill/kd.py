@@ -65,15 +65,25 @@ class NoKD(KD):
 
 @register_kd("score_kl")
 class ScoreKL(KD):
-    """KL(p_t || p_s) * T^2 with p = softmax(score / T) over the B beats of the batch.
+    """KL(p_t || p_s) * T^2 with p = softmax(z / T) over the B beats of the batch, where
+    z = score / sd(teacher's scores in the batch): both sides divided by the same constant.
 
     The earlier project's idea (Hinton et al. 2015 applied to the vector of anomaly scores),
-    computed here differentiably and on the very same beats for teacher and student.
+    computed here differentiably and on the very same beats for teacher and student. Why the
+    scale: BeatGAN's scores are per-beat MSEs of about 1e-2, so softmax(score / T) is uniform to
+    first order for every T >= 1, and T^2 * KL then reduces to half the batch variance of
+    (s_s - s_t) whatever T is. Dividing by the teacher's spread puts the scores on unit scale,
+    where T sets how soft the distribution over beats is (softmax is shift-invariant, so only the
+    scale matters). The teacher's sd is a constant (detached): the gradient reaches the student
+    through its own scores only. score_nce needs no such step: its y^(1/T) is a softmax of
+    log-scores, whose spread is already of order one.
     """
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
-        log_ps = F.log_softmax(s.score / self.T, dim=0)
-        log_pt = F.log_softmax(t.score.detach() / self.T, dim=0)
+        t_score = t.score.detach()
+        scale = t_score.std(unbiased=False).clamp_min(EPS) * self.T
+        log_ps = F.log_softmax(s.score / scale, dim=0)
+        log_pt = F.log_softmax(t_score / scale, dim=0)
         return (log_pt.exp() * (log_pt - log_ps)).sum() * self.T ** 2
 
 

@@ -28,6 +28,17 @@ TAP_NAMES = [f"{net}.{b}.{p}" for net in NETS for b in range(N_BLOCKS) for p in 
 BEAT_LEN = 320
 
 
+def tap_length(tap: str) -> int:
+    """The length L of tap ``<net>.<block>.<point>`` for a 320-sample beat, whatever the widths:
+    enc/disc halve it per block (160 ... 10) and end at 1 (the latent, the logit); dec doubles it
+    from 10 to 320."""
+    net, block, _ = tap.split(".")
+    b = int(block)
+    if net == "dec":
+        return 10 * 2 ** b
+    return 1 if b == N_BLOCKS - 1 else BEAT_LEN // 2 ** (b + 1)
+
+
 class Block(nn.Module):
     """conv -> optional BatchNorm -> activation; records its pre/post outputs into `taps`."""
 

@@ -49,7 +49,7 @@ class Terms(Protocol):
     def d_terms(self, x: torch.Tensor, fake: torch.Tensor, taps: dict[str, torch.Tensor],
                 idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Terms added to D's loss. taps: ``real:disc.*`` and ``fake:disc.*`` (fake detached from G);
-        idx (B,): the batch's indices into the training set, None when the beats were augmented."""
+        idx (B,): the batch's indices into the training set, -1 for a beat that was augmented."""
 
     def g_parameters(self) -> list[torch.nn.Parameter]: ...
 
@@ -143,9 +143,9 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         for b in tqdm(range(n_batches), desc=f"epoch {epoch}", disable=not (progress and sys.stderr.isatty()),
                       leave=False, unit="batch"):
             idx = batches[b]
-            x = warp_fraction(train_x[idx], tc.time_warp, gen)
-            if tc.time_warp > 0:
-                idx = None  # warped beats: the distiller's per-index teacher cache does not apply
+            x, warped = warp_fraction(train_x[idx], tc.time_warp, gen)
+            if warped is not None:  # the distiller's per-index teacher cache does not apply to these
+                idx = torch.where(warped, -1, idx)
             g_taps: dict[str, torch.Tensor] = {}
             d_real: dict[str, torch.Tensor] = {}
             d_fake: dict[str, torch.Tensor] = {}
