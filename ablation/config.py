@@ -106,6 +106,9 @@ class TrainConfig:
     # validations per epoch, evenly spaced in batches (1 = at the epoch's end only): a GAN-trained
     # model's quality moves within an epoch, and the best checkpoint is chosen among all of them
     val_per_epoch: int = Range(1, 1000, default=1, off=1)
+    # early stopping: end training after the first epoch that ends with this many validation checks
+    # in a row without a new best (None = off); the same rule for every variant of a study
+    patience: Optional[int] = Range(1, None, default=None, off=None)
 
 
 @dataclass

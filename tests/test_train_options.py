@@ -74,7 +74,8 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     from ablation.run import run_key
     base = from_dict(RunConfig, {})
     d = base.to_dict()
-    for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d", "val_per_epoch", "d_real_label"):
+    for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d", "val_per_epoch", "d_real_label",
+              "patience"):
         d["train"].pop(k)
     import hashlib, json  # the key as computed before these options existed
     old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
@@ -88,6 +89,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     assert run_key(from_dict(RunConfig, {"train": {"lr_d": 5e-5}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"val_per_epoch": 4}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"d_real_label": 0.9}}), "fp") != old
+    assert run_key(from_dict(RunConfig, {"train": {"patience": 8}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"compile": True}}), "fp") == old  # same result, faster
 
 
@@ -197,3 +199,19 @@ def test_one_sided_label_smoothing_keeps_the_discriminators_loss_above_its_entro
 def test_label_smoothing_outside_its_range_is_refused():
     with pytest.raises(ValueError, match="d_real_label"):
         from_dict(RunConfig, {"train": {"d_real_label": 0.3}})
+
+
+def test_patience_stops_after_the_first_epoch_without_a_new_best(synthetic, single_thread):
+    """patience 1, one check per epoch: training ends with the first epoch whose validation AUC is no
+    new best; the best epoch among those run is kept."""
+    cfg = _tiny(patience=1)
+    cfg = from_dict(RunConfig, {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": 12}})
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    res = train(cfg, data, pick_device("cpu"), progress=False)
+    aucs = [row["val_auc"] for row in res.history]
+    stop = next((e for e in range(1, len(aucs)) if aucs[e] <= max(aucs[:e])), None)
+    assert stop is not None and len(aucs) == stop + 1 < 12
+    assert res.val["auc"] == max(aucs)
+    off = from_dict(RunConfig, {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": stop + 2,
+                                                             "patience": None}})
+    assert len(train(off, data, pick_device("cpu"), progress=False).history) == stop + 2

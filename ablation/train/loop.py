@@ -9,7 +9,8 @@ r is 1 (BeatGAN) or ``d_real_label`` (one-sided label smoothing). D is re-initia
 loss falls below ``d_reinit_below``. Data stay on the device as one tensor and batches are taken
 by index; loss terms are summed on the device and read once per epoch. Validation runs in eval
 mode after every epoch (``train.val_per_epoch`` times per epoch when set); the best checkpoint by
-validation AUC is kept and the test set is scored once, with its weights. With ``train.ema`` > 0
+validation AUC is kept and the test set is scored once, with its weights; ``train.patience`` ends
+training after the first epoch that ends with that many checks in a row without a new best. With ``train.ema`` > 0
 the evaluated generator is an exponential moving average of G's weights with BN statistics
 recomputed for it (see `Averaged`), which damps the epoch-to-epoch swing of a GAN-trained model.
 """
@@ -115,16 +116,19 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
 
     history: list[dict[str, float]] = []
     best = {"auc": -1.0}
+    stale = 0  # validation checks since the last new best (train.patience)
     checks = {round(n_batches * (j + 1) / tc.val_per_epoch) for j in range(tc.val_per_epoch)}  # batches done
 
     def validate(epoch: int, done: int, order: torch.Tensor) -> dict[str, float]:
         """Validate G_eval after `done` batches of `epoch` (order: the epoch's beat indices, the
         first of which give an averaged G its BN statistics), keeping the best checkpoint so far."""
-        nonlocal best
+        nonlocal best, stale
         if averaged:
             averaged.refresh_bn(train_x[order[: averaged.bn_beats]], tc.batch_size)
         val = metrics(data.val.y, scores(G_eval, val_x, tc.eval_batch_size))
+        stale += 1
         if val["auc"] > best["auc"]:
+            stale = 0
             best = {"auc": val["auc"], "epoch": epoch, "at": epoch + done / n_batches, "val": val,
                     "state": {"G": copy.deepcopy(G_eval.state_dict()), "D": copy.deepcopy(D.state_dict())}}
         return val
@@ -219,6 +223,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         if on_epoch:
             on_epoch(epoch, row)
         if tc.max_minutes is not None and time.perf_counter() - t0 > 60 * tc.max_minutes:
+            break
+        if tc.patience is not None and stale >= tc.patience:
             break
 
     G.load_state_dict(best["state"]["G"])
