@@ -7,9 +7,10 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 NAME    ?= smoke
 WORKERS ?= 1
+JOBS    ?= $(shell nproc)
 ARGS    ?=
 
-.PHONY: venv test data teacher study tune report bench ui dashboard clean
+.PHONY: venv test data teacher teachers study tune report bench ui dashboard clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +28,10 @@ data: venv
 
 teacher: venv
 	$(BIN)/python -m ablation teacher $(ARGS)
+
+# the five folds' teachers, JOBS at a time (default: one per core), each on one thread
+teachers: venv
+	printf '%s\n' 0 1 2 3 4 | xargs -P $(JOBS) -I{} $(BIN)/python -m ablation teacher --threads 1 --set data.fold={} $(ARGS)
 
 study: venv
 	$(BIN)/python -m ablation study $(NAME) --workers $(WORKERS) $(ARGS)

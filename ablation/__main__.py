@@ -21,9 +21,9 @@ def _threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
-def _run_config(args) -> RunConfig:
-    """The run config: defaults (the paper's teacher), then --config FILE, then --set key=value."""
-    d = load_yaml(args.config) if args.config else {}
+def _run_config(args, defaults: dict | None = None) -> RunConfig:
+    """The run config: `defaults`, then --config FILE, then --set key=value."""
+    d = load_yaml(args.config) if args.config else dict(defaults or {})
     for item in args.set or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=5")
@@ -57,7 +57,8 @@ def cmd_train(args, teacher_only: bool = False) -> None:
     from ablation.train.loop import pick_device
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
-    cfg = _run_config(args)
+    from ablation.config import TEACHER_RECIPE
+    cfg = _run_config(args, {"train": TEACHER_RECIPE} if teacher_only else None)
     device = pick_device(args.device or cfg.train.device)
     if teacher_only:
         if cfg.role != "teacher":
@@ -214,8 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     d.set_defaults(func=cmd_data)
 
-    t = sub.add_parser("teacher", help="train the teacher only when MLflow has none with the same key",
-                       description="Train the teacher only when MLflow has no finished run with the same key.")
+    t = sub.add_parser("teacher", help="train the teacher (the best recipe) only when MLflow has none with the same key",
+                       description="Train the teacher only when MLflow has no finished run with the same key. "
+                                   "Without --config it is the best measured recipe (ablation.config.TEACHER_RECIPE); "
+                                   "--set data.fold=K picks the fold.")
     common(t)
     t.set_defaults(func=lambda a: cmd_train(a, teacher_only=True))
 

@@ -111,6 +111,16 @@ class TrainConfig:
     patience: Optional[int] = Range(1, None, default=None, off=None)
 
 
+TEACHER_RECIPE = {"epochs": 16, "d_reinit_below": 1e-3, "val_per_epoch": 8, "patience": 24}
+"""The best teacher recipe measured (docs/teacher.md): 2e-4 cosine over 16 epochs, D re-initialised
+when its loss falls below 1e-3, eight validation checks per epoch, training ended after three
+epochs (24 checks) without a new best. The teacher of `make teacher` and of every study by default."""
+
+
+def teacher_recipe() -> "TrainConfig":
+    return TrainConfig(**TEACHER_RECIPE)
+
+
 @dataclass
 class KDConfig:
     """Output knowledge distillation (see `ablation.distill.kd`)."""
@@ -147,7 +157,7 @@ class DistillConfig:
     """A student's teacher and its distillation terms."""
 
     teacher: ModelConfig = field(default_factory=ModelConfig)
-    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_train: TrainConfig = field(default_factory=teacher_recipe)  # keys set here override the recipe
     teacher_train_subset: Optional[int] = Range(64, None, default=None)  # None: the full training set
     teacher_bn: Literal["eval", "train"] = "eval"
     kd: KDConfig = field(default_factory=KDConfig)
@@ -287,6 +297,9 @@ def from_dict(cls, d: Any, src: str = "<config>", prefix: str = ""):
     kwargs = {}
     for name, value in d.items():
         path = f"{prefix}.{name}" if prefix else name
+        factory = fields[name].default_factory
+        if isinstance(value, dict) and factory is not dataclasses.MISSING and dataclasses.is_dataclass(hints[name]):
+            value = deep_merge(dataclasses.asdict(factory()), value)  # keys given override the field's default
         kwargs[name] = _convert(value, hints[name], path, src, dict(fields[name].metadata))
     obj = cls(**kwargs)
     _check_registered(obj, src, prefix)

@@ -222,7 +222,7 @@ def test_stored_keys_do_not_move():
 
 
 GOLDEN_TEACHER_KEY = "ba9c583707116324"
-GOLDEN_STUDENT_KEY = "a49b7231416778c0"
+GOLDEN_STUDENT_KEY = "c6e59600cba79eba"
 
 
 def test_run_key_of_a_teacher_is_unchanged_by_the_identity_function():
@@ -279,3 +279,20 @@ def test_distance_params_are_checked_at_config_load():
     with pytest.raises(ConfigError, match=r"margin"):
         from_dict(RunConfig, {"role": "student", "distill": {"features": [
             {"position": "enc.1.pre", "distance": "ab", "params": {"margin": -1}}]}})
+
+
+# ------------------------------------------------------------------------------------------------
+# the teacher of every study is the best recipe, the same one `make teacher` trains
+# ------------------------------------------------------------------------------------------------
+def test_studies_and_make_teacher_share_the_teacher_recipe():
+    from ablation.__main__ import _run_config, build_parser
+    from ablation.config import TEACHER_RECIPE
+    args = build_parser().parse_args(["teacher", "--set", "data.fold=3"])
+    cli = _run_config(args, {"train": TEACHER_RECIPE})
+    student = from_dict(RunConfig, {"role": "student", "data": {"fold": 3}, "model": {"ndf": 8, "ngf": 8},
+                                    "distill": {}})
+    assert student.teacher_config().key() == cli.key()
+    assert cli.train.val_per_epoch == 8 and cli.train.patience == 24 and cli.train.d_reinit_below == 1e-3
+    # a study that sets one teacher_train key keeps the rest of the recipe
+    short = from_dict(RunConfig, {"role": "student", "distill": {"teacher_train": {"epochs": 2}}})
+    assert short.distill.teacher_train.epochs == 2 and short.distill.teacher_train.val_per_epoch == 8
