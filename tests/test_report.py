@@ -189,9 +189,11 @@ def test_build_report_from_a_tiny_real_study(tmp_path, tracking_store):
     assert path == tmp_path / "dash" / "report_tiny.html" and (tmp_path / "dash" / "report_tiny.csv").exists()
     assert _div_ids(page) == set(FIGURE_IDS) - {"fig-heatmap"}
     csv = pd.read_csv(tmp_path / "dash" / "report_tiny.csv").set_index("variant")
-    assert list(csv.index) == ["student_alone", "kd_score_kl"] and csv["n_runs"].eq(3).all()
+    assert list(csv.index) == ["student_alone", "kd_score_kl", "teacher"]
+    assert csv["n_runs"].tolist() == [3, 3, 1] and bool(csv.loc["teacher", "is_reference"])
+    assert 0 < csv.loc["teacher", "test_auc_mean"] <= 1
     assert bool(csv.loc["student_alone", "is_baseline"]) and csv.loc["kd_score_kl", "n_pairs"] == 3
-    assert math.isnan(csv.loc["kd_score_kl", "test_auc_p"]) and csv["test_auc_std"].notna().all()
+    assert math.isnan(csv.loc["kd_score_kl", "test_auc_p"]) and csv["test_auc_std"].iloc[:2].notna().all()
     assert csv.loc["kd_score_kl", "compression_ratio"] > 1
     assert "teacher: AUC" in page and "[baseline]" in page and "loss_kd_score_kl" in page
     assert "epochs</dt><dd>2<" in page and "train subset (beats)</dt><dd>256<" in page
@@ -202,3 +204,39 @@ def test_build_report_from_a_tiny_real_study(tmp_path, tracking_store):
     assert set(data.history["metric"]) >= {"val_auc", "loss_d", "loss_g_rec", "loss_g_adv", "loss_kd_score_kl"}
     with pytest.raises(LookupError, match="no MLflow experiment"):
         build_report("no_such_study", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Paired statistics: CI of the difference, Holm, gap closed, detectable difference
+# ------------------------------------------------------------------------------------------------
+def test_holm_by_hand():
+    # p = (0.01, 0.04, 0.03) of k = 3: sorted 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> max so far 0.06
+    assert agg.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    out = agg.holm([0.2, math.nan, 0.01])
+    assert out[0] == pytest.approx(0.2) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+    assert agg.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+def _paired(deltas, teacher_lead=0.1):
+    n = len(deltas)
+    base = np.linspace(0.8, 0.85, n)
+    return pd.DataFrame({"variant": ["a"] * n + ["v"] * n, "fold": list(range(n)) * 2, "seed": 0,
+                         "test_auc": np.concatenate([base, base + np.asarray(deltas)]),
+                         "teacher_test_auc": np.concatenate([base + teacher_lead] * 2)})
+
+
+def test_paired_ci_gap_closed_and_detectable_difference():
+    d = np.array([0.01, 0.03, 0.02, 0.04, 0.00, 0.02, 0.03, 0.01, 0.02, 0.02])
+    runs = _paired(d)
+    lo, hi = agg.paired_ci(d)
+    half = stats.t.ppf(0.975, 9) * d.std(ddof=1) / math.sqrt(10)
+    assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert agg.gap_closed(runs, "v", "a", "test_auc") == pytest.approx(d.mean() / 0.1)
+    mde = agg.detectable_difference(d, 0.05)
+    assert mde == pytest.approx((stats.t.ppf(0.975, 9) + stats.t.ppf(0.8, 9)) * d.std(ddof=1) / math.sqrt(10))
+    assert agg.detectable_difference(d, 0.05 / 8) > mde  # a stricter alpha needs a larger difference
+    row = agg.summarize(runs, baseline="a").set_index("variant").loc["v"]
+    assert row["test_auc_delta_ci_low"] == pytest.approx(lo) and row["test_auc_p_holm"] == pytest.approx(
+        row["test_auc_p"])  # one comparison: Holm leaves p alone
+    assert agg.gap_closed(_paired(d, teacher_lead=-0.01), "v", "a", "test_auc") != agg.gap_closed(runs, "v", "a",
+                                                                                                   "test_auc")

@@ -7,7 +7,10 @@ study file changed in between) the latest of those is kept too.
 
 Statistics per variant: mean, standard deviation (ddof 1) and a 95 % confidence interval from the
 t-distribution for test AUC, AP and best F1, and the difference to a baseline variant over matched
-(fold, seed) pairs with a two-sided Wilcoxon signed-rank test. Where a statistic cannot be given
+(fold, seed) pairs: its mean and t confidence interval, a two-sided Wilcoxon signed-rank test,
+Holm-adjusted p-values across the variants, the share of the teacher-baseline gap it closes, and
+the smallest difference the design could detect (paired t, power 0.8, at alpha / comparisons).
+A reference row holds the teachers the runs name (one per fold). Where a statistic cannot be given
 (std/CI with fewer than 2 runs; Wilcoxon with fewer than `MIN_PAIRS` pairs) the table holds NaN and
 `notes` says why.
 
@@ -210,6 +213,82 @@ def paired_test(runs: pd.DataFrame, variant: str, baseline: str, metric: str = "
     return Paired(n, delta, float(stats.wilcoxon(d).pvalue), "")
 
 
+def paired_ci(d: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The t-distribution confidence interval of the mean paired difference (NaN below 2 pairs)."""
+    desc = describe(d, confidence)
+    return desc.ci_low, desc.ci_high
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (NaN entries stay NaN and are not counted): the i-th
+    smallest of k is max over j <= i of min(1, (k - j + 1) p_(j)). Reject where adjusted p < alpha."""
+    p = np.asarray(p_values, dtype=float)
+    ok = np.flatnonzero(~np.isnan(p))
+    out = np.full(len(p), math.nan)
+    k = len(ok)
+    running = 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (k - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def detectable_difference(d: np.ndarray, alpha: float, power: float = 0.8) -> float:
+    """The smallest mean paired difference a paired t-test at two-sided `alpha` would detect with
+    `power`, given the observed sd of the differences: (t_{1-alpha/2} + t_{power}) sd / sqrt(n),
+    n - 1 degrees of freedom. NaN below 3 pairs."""
+    n = len(d)
+    if n < 3:
+        return math.nan
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * np.std(d, ddof=1) / math.sqrt(n))
+
+
+def gap_closed(runs: pd.DataFrame, variant: str, baseline: str, metric: str) -> float:
+    """(variant - baseline) / (teacher - baseline) of `metric`, each a mean over the matched (fold,
+    seed) pairs, the teacher's value being that of each pair's own teacher (column ``teacher_<metric>``).
+    NaN without teacher values or when the teacher is no better than the baseline."""
+    col = f"teacher_{metric}"
+    if col not in runs:
+        return math.nan
+    d = paired_differences(runs, variant, baseline, metric)
+    base = runs[(runs["variant"] == baseline)].set_index(list(PAIR_KEYS))
+    if d.empty or base[col].isna().all():
+        return math.nan
+    base = base.loc[d.index]
+    gap = float((base[col] - base[metric]).mean())
+    return float(d.mean()) / gap if gap > 0 else math.nan
+
+
+def teacher_row(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> dict[str, Any] | None:
+    """The teachers the runs name (one per fold), as a reference row of the summary."""
+    if "teacher_run_id" not in runs or f"teacher_{metrics[0]}" not in runs:
+        return None
+    t = runs.dropna(subset=["teacher_run_id"]).drop_duplicates("teacher_run_id")
+    if t.empty or t[f"teacher_{metrics[0]}"].isna().all():
+        return None
+    row: dict[str, Any] = {"variant": "teacher", "n_runs": len(t), "is_baseline": False, "is_reference": True,
+                           "n_pairs": math.nan, "n_params": _constant(t["teacher_params"]),
+                           "compression_ratio": 1.0, "teacher_params": _constant(t["teacher_params"]),
+                           "notes": f"reference: the {len(t)} teacher run(s), one per fold"}
+    for m in metrics:
+        d = describe(t.get(f"teacher_{m}", pd.Series(dtype=float)))
+        row.update({f"{m}_mean": d.mean, f"{m}_std": d.std, f"{m}_ci_low": d.ci_low, f"{m}_ci_high": d.ci_high})
+    return row
+
+
+def with_reference(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The summary with the teachers' reference row (`teacher_row`) appended, when the runs name them:
+    what the page and the CSV show."""
+    ref = teacher_row(runs)
+    if ref is None:
+        return summary
+    out = pd.concat([summary, pd.DataFrame([ref])], ignore_index=True)
+    out["is_reference"] = out["is_reference"].fillna(False).astype(bool)
+    out.attrs = dict(summary.attrs)
+    return out
+
+
 def _constant(values: pd.Series) -> float:
     v = values.dropna()
     return float(v.median()) if len(v) else math.nan
@@ -235,14 +314,21 @@ def summarize(runs: pd.DataFrame, baseline: str | None = None, metrics: Sequence
         for col in ("n_params", "compression_ratio", "teacher_params"):
             row[col] = _constant(sub[col]) if col in sub else math.nan
         row["is_baseline"] = v == base
+        row["is_reference"] = False
         row["n_pairs"] = 0
         for m in metrics:
+            row.update({f"{m}_delta_ci_low": math.nan, f"{m}_delta_ci_high": math.nan,
+                        f"{m}_gap_closed": math.nan, f"{m}_mde": math.nan})
             if v == base or m not in runs:
                 row[f"{m}_delta"], row[f"{m}_p"] = (0.0 if v == base else math.nan), math.nan
                 continue
             p = paired_test(runs, v, base, m)
+            d = paired_differences(runs, v, base, m).to_numpy(dtype=float)
             row["n_pairs"] = max(row["n_pairs"], p.n_pairs)
             row[f"{m}_delta"], row[f"{m}_p"] = p.delta, p.p_value
+            row[f"{m}_delta_ci_low"], row[f"{m}_delta_ci_high"] = paired_ci(d)
+            row[f"{m}_gap_closed"] = gap_closed(runs, v, base, m)
+            row[f"{m}_mde"] = detectable_difference(d, ALPHA / max(1, len(variants) - 1))
             if p.note and f"Wilcoxon {p.note}" not in notes:
                 notes.append(f"Wilcoxon {p.note}")
         if v == base:
@@ -252,6 +338,10 @@ def summarize(runs: pd.DataFrame, baseline: str | None = None, metrics: Sequence
             row[f"{m}_mean"] = float(sub[m].mean()) if m in sub and sub[m].notna().any() else math.nan
         row["notes"] = "; ".join(notes)
         rows.append(row)
+    for m in metrics:  # Holm over the variants compared with the baseline, per metric
+        adjusted = holm([r[f"{m}_p"] for r in rows])
+        for r, q in zip(rows, adjusted):
+            r[f"{m}_p_holm"] = q
     table = pd.DataFrame(rows)
     table.attrs["baseline"] = base
     return table
@@ -396,6 +486,18 @@ def fetch_teachers(client, runs: pd.DataFrame) -> pd.DataFrame:
     return frame[TEACHER_COLUMNS].reset_index(drop=True)
 
 
+def attach_teachers(runs: pd.DataFrame, teachers: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with ``teacher_<metric>``: the test metrics of each run's own teacher."""
+    out = runs.copy()
+    by_id = teachers.set_index("run_id") if len(teachers) else None
+    for m in METRICS:
+        if by_id is None or "teacher_run_id" not in out:
+            out[f"teacher_{m}"] = out.get(f"teacher_{m}", math.nan)
+            continue
+        out[f"teacher_{m}"] = out["teacher_run_id"].map(by_id[m])
+    return out
+
+
 @contextmanager
 def _quiet_downloads():
     """No MLflow download progress bars on the console while the report reads artifacts."""
@@ -478,9 +580,10 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None, o
     if counts["superseded"]:
         notes.append(f"left out: {counts['superseded']} runs of an older version of a trial (same variant, "
                      "fold and seed, different config)")
+    teachers = fetch_teachers(client, runs)
+    runs = attach_teachers(runs, teachers)
     summary = summarize(runs, baseline)
     base = summary.attrs["baseline"]
-    teachers = fetch_teachers(client, runs)
     parents = _search(client, exp.experiment_id, "tags.study_parent != ''")
     parents = [p for p in parents if p.data.tags.get("scale") in (scale, None)] or parents
     description = parents[0].data.tags.get("mlflow.note.content", "") if parents else ""

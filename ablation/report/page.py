@@ -18,7 +18,7 @@ import plotly
 from plotly.offline import get_plotlyjs
 
 from ablation.report.aggregate import (ALPHA, CONFIDENCE, METRIC_LABELS, METRICS, MIN_PAIRS, ReportData,
-                                       collect)
+                                       collect, with_reference)
 from ablation.report.figures import FigureSpec, figure_specs
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -75,15 +75,30 @@ def _stat_cell(row: pd.Series, m: str, best: bool) -> str:
 def _delta_cell(row: pd.Series, m: str, baseline: str) -> str:
     if row["is_baseline"]:
         return _na("baseline")
+    if row.get("is_reference", False):
+        return _na("reference")
     delta, p, pairs = row[f"{m}_delta"], row[f"{m}_p"], row["n_pairs"]
     if _isnan(delta):
         return _na("n/a: no matched (fold, seed) pairs")
     pairs = int(pairs)
+    ci = "" if _isnan(row.get(f"{m}_delta_ci_low", math.nan)) else (
+        f'<br><span class="ci">[{row[f"{m}_delta_ci_low"]:+.4f}, {row[f"{m}_delta_ci_high"]:+.4f}]</span>')
     if _isnan(p):
         ptext = _na(f"p n/a: {pairs} pair{'s' if pairs != 1 else ''} (needs >= {MIN_PAIRS})")
     else:
-        ptext = f'<span class="{"sig" if p < ALPHA else ""}">p = {p:.3g}</span>'
-    return f'<span class="num">{delta:+.4f}</span><br>{ptext}'
+        holm = row.get(f"{m}_p_holm", math.nan)
+        sig = not _isnan(holm) and holm < ALPHA
+        ptext = f'<span class="{"sig" if sig else ""}">p = {p:.3g}, Holm {holm:.3g}</span>'
+    return f'<span class="num">{delta:+.4f}</span>{ci}<br>{ptext}'
+
+
+def _gap_cell(row: pd.Series) -> str:
+    if row["is_baseline"] or row.get("is_reference", False):
+        return _na("&ndash;")
+    gap, mde = row.get("test_auc_gap_closed", math.nan), row.get("test_auc_mde", math.nan)
+    gap_text = _na("n/a") if _isnan(gap) else f'<span class="num">{gap:+.0%}</span>'
+    mde_text = _na("n/a") if _isnan(mde) else f'<span class="num">{mde:.4f}</span>'
+    return f"{gap_text}<br><small>detectable &Delta; {mde_text}</small>"
 
 
 def _int(x: Any, fmt: str = "{:,.0f}") -> str:
@@ -91,13 +106,15 @@ def _int(x: Any, fmt: str = "{:,.0f}") -> str:
 
 
 def summary_table(data: ReportData) -> str:
-    s = data.summary
-    best = s["test_auc_mean"].max() if s["test_auc_mean"].notna().any() else None
+    s = with_reference(data.summary, data.runs)
+    best = data.summary["test_auc_mean"].max() if data.summary["test_auc_mean"].notna().any() else None
     head = ["variant", "runs"] + [f"{METRIC_LABELS[m]}<br><small>mean &plusmn; sd [{CONFIDENCE:.0%} CI]</small>"
                                   for m in METRICS]
     head += ["parameters<br><small>G + D</small>", "compression<br><small>teacher / student</small>",
              "matched pairs<br><small>(fold, seed)</small>"]
-    head += [f"&Delta; {METRIC_LABELS[m]}<br><small>vs baseline, Wilcoxon p</small>" for m in METRICS]
+    head += [f"&Delta; {METRIC_LABELS[m]}<br><small>vs baseline [{CONFIDENCE:.0%} CI], Wilcoxon p, Holm p</small>"
+             for m in METRICS]
+    head += ["gap closed<br><small>(variant &minus; baseline) / (teacher &minus; baseline), test AUC</small>"]
     rows = []
     for _, r in s.iterrows():
         name = _e(r["variant"]).replace("/", "/<wbr>")
@@ -107,6 +124,7 @@ def summary_table(data: ReportData) -> str:
         cells += [f"<td>{_int(r['n_params'])}</td>", f"<td>{_int(r['compression_ratio'], '{:.2f}x')}</td>",
                   f"<td>{'&ndash;' if r['is_baseline'] else _int(r['n_pairs'], '{:.0f}')}</td>"]
         cells += [f"<td>{_delta_cell(r, m, data.baseline)}</td>" for m in METRICS]
+        cells += [f"<td>{_gap_cell(r)}</td>"]
         rows.append(f'<tr class="{"baseline" if r["is_baseline"] else ""}">{"".join(cells)}</tr>')
     return ('<div class="tablewrap"><table class="summary"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
             + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>")
@@ -130,8 +148,12 @@ def render(data: ReportData, csv_name: str | None = None) -> str:
     notes = [f"Baseline: <code>{_e(data.baseline)}</code>. Differences are variant minus baseline over runs "
              f"matched on (fold, seed); p: two-sided Wilcoxon signed-rank test (scipy). With n pairs the smallest "
              f"possible p is 2/2<sup>n</sup>, so at least {MIN_PAIRS} pairs are needed to reach p &lt; {ALPHA} "
-             f"(5 pairs: 0.0625); with fewer the page says n/a. Standard deviation and the {CONFIDENCE:.0%} "
-             "confidence interval (t-distribution) need at least 2 runs."]
+             f"(5 pairs: 0.0625); with fewer the page says n/a. Holm p: adjusted for the number of variants "
+             f"compared with the baseline (a difference is resolved where it is below {ALPHA}). Standard deviation "
+             f"and the {CONFIDENCE:.0%} confidence intervals (t-distribution) need at least 2 runs. Gap closed: "
+             "the paired mean difference over the teacher's lead on the same pairs. Detectable &Delta;: the "
+             "smallest test-AUC difference a paired t-test at alpha / comparisons would find with power 0.8, "
+             "from the observed sd of the differences."]
     notes += [_e(n) for n in data.notes]
     csv_link = f'<p class="notes">Table as CSV: <a href="{_e(csv_name)}">{_e(csv_name)}</a></p>' if csv_name else ""
     figs = "\n".join(figure_html(s) for s in specs)
@@ -174,7 +196,7 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = safe_name(data.study)
     csv_path, html_path = out_dir / f"{name}.csv", out_dir / f"{name}.html"
-    data.summary.to_csv(csv_path, index=False, float_format="%.6g")
+    with_reference(data.summary, data.runs).to_csv(csv_path, index=False, float_format="%.6g")
     html_path.write_text(render(data, csv_path.name), encoding="utf-8")
     return html_path
 
