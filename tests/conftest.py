@@ -7,6 +7,7 @@ import pytest
 
 _RUNS = tempfile.mkdtemp(prefix="ablation-test-runs-")
 os.environ["ABLATION_RUNS"] = _RUNS  # read by ablation.paths at import time
+os.environ["ABLATION_RESULTS"] = os.path.join(_RUNS, "results")  # never the project's committed results/
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("ABLATION_MITDB", None)
 

@@ -548,20 +548,39 @@ def fetch_curves(runs: pd.DataFrame, summary: pd.DataFrame, baseline: str, teach
     return out
 
 
+def _with_committed(raw: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
+    """MLflow's runs (``source`` mlflow) plus the committed rows (``source`` results) of trial keys
+    MLflow has no FINISHED run of: rows trained on another machine."""
+    raw = raw.assign(source="mlflow")
+    if committed.empty:
+        return raw
+    done = set(raw.loc[raw["status"] == "FINISHED", "trial_key"]) if len(raw) else set()
+    extra = committed[~committed["trial_key"].isin(done)].assign(source="results")
+    return pd.concat([raw, extra], ignore_index=True) if len(raw) else extra.reset_index(drop=True)
+
+
 def collect(study: str, baseline: str | None = None, scale: str | None = None, optuna_study: Any = None,
             client=None) -> ReportData:
-    """Read study `study` from the current MLflow tracking store into a ReportData."""
+    """Read study `study` from the current MLflow tracking store, and from its committed results table
+    (``results/<study>.csv``) for the trials MLflow does not have, into a ReportData."""
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from ablation.study import results
     client = client or MlflowClient()
     exp = client.get_experiment_by_name(study)
     uri = mlflow.get_tracking_uri()
-    if exp is None:
-        raise LookupError(f"no MLflow experiment {study!r} in {uri}; run `python -m ablation study {study}` first")
-    raw = runs_frame(_search(client, exp.experiment_id, "tags.trial_key != ''"))
-    if raw.empty:
-        raise LookupError(f"experiment {study!r} in {uri} has no study runs (runs tagged trial_key)")
+    committed = results.load(study)
+    raw = runs_frame(_search(client, exp.experiment_id, "tags.trial_key != ''")) if exp is not None else pd.DataFrame()
+    if raw.empty and committed.empty:
+        where = f"no MLflow experiment {study!r}" if exp is None else f"experiment {study!r} has no study runs"
+        raise LookupError(f"{where} in {uri} and no {results.results_path(study)}; "
+                          f"run `python -m ablation study {study}` first")
+    raw = _with_committed(raw, committed)
     notes: list[str] = []
+    if (raw["source"] == "results").any():
+        notes.append(f"{int((raw['source'] == 'results').sum())} runs read from {results.results_path(study).name} "
+                     "(committed results; no training curves or per-beat scores for them)")
     scales = raw["scale"].fillna("?")
     if scale is None:
         fin = raw[raw["status"] == "FINISHED"]
@@ -580,16 +599,17 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None, o
     if counts["superseded"]:
         notes.append(f"left out: {counts['superseded']} runs of an older version of a trial (same variant, "
                      "fold and seed, different config)")
-    teachers = fetch_teachers(client, runs)
-    runs = attach_teachers(runs, teachers)
+    tracked = runs[runs["source"] == "mlflow"]
+    teachers = fetch_teachers(client, tracked)
+    runs = pd.concat([attach_teachers(tracked, teachers), runs[runs["source"] != "mlflow"]], ignore_index=True)
     summary = summarize(runs, baseline)
     base = summary.attrs["baseline"]
-    parents = _search(client, exp.experiment_id, "tags.study_parent != ''")
+    parents = _search(client, exp.experiment_id, "tags.study_parent != ''") if exp is not None else []
     parents = [p for p in parents if p.data.tags.get("scale") in (scale, None)] or parents
     description = parents[0].data.tags.get("mlflow.note.content", "") if parents else ""
     data = ReportData(study=study, runs=runs, summary=summary, baseline=base,
                       header=header_info(runs, scale, description, teachers, uri),
-                      history=fetch_history(client, runs), teachers=teachers, notes=notes,
+                      history=fetch_history(client, tracked), teachers=teachers, notes=notes,
                       optuna_study=optuna_study)
     data.curves = fetch_curves(runs, summary, base, teachers, notes)
     return data

@@ -27,7 +27,7 @@ from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats, Protocol, load_beats
 from ablation.paths import RUNS
 from ablation.run import ensure_teacher, execute
-from ablation.study import queue
+from ablation.study import queue, results
 from ablation.study.spec import StudySpec, Trial
 from ablation.train.loop import Diverged, pick_device
 
@@ -47,7 +47,20 @@ def _runs(experiment: str, filter_string: str) -> list:
 
 
 def finished_keys(spec: StudySpec) -> set[str]:
-    return {r.data.tags["trial_key"] for r in _runs(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")}
+    """Trial keys with a FINISHED run in MLflow or a row in the committed results table."""
+    mlflow_keys = {r.data.tags["trial_key"]
+                   for r in _runs(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")}
+    return mlflow_keys | results.finished_keys(spec.name, spec.scale)
+
+
+def export_results(spec: StudySpec) -> None:
+    """Rewrite ``results/<study>.csv`` from MLflow's finished runs of the study (rows of other
+    machines kept): the per-run table that is committed."""
+    from ablation.report.aggregate import attach_teachers, fetch_teachers, keep_latest, runs_frame
+    runs, _ = keep_latest(runs_frame(_runs(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")))
+    if runs.empty:
+        return
+    results.write(spec.name, attach_teachers(runs, fetch_teachers(MlflowClient(), runs)))
 
 
 def parent_run(spec: StudySpec) -> str:
@@ -99,7 +112,8 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     """Run every unfinished trial of `spec` and return the summary table."""
     beats = study_beats(spec, mitdb, beats)
     dev = pick_device(device or spec.trials[0].config.train.device)
-    ensure_teachers([t.config for t in spec.trials], beats, dev, progress)
+    done = finished_keys(spec)
+    ensure_teachers([t.config for t in spec.trials if t.key not in done], beats, dev, progress)
     parent = parent_run(spec)
     storage = queue.open_storage(storage_url)
     study = queue.open_study(queue_name(spec), storage)
@@ -189,6 +203,7 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
             raise
         value = MlflowClient().get_run(out.run_id).data.metrics.get("best_val_auc")
         study.tell(ot, value)
+        export_results(spec)
         done += 1
         print(f"{label}: done, best val AUC {value:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
     return done
@@ -201,13 +216,18 @@ def summary(spec: StudySpec) -> pd.DataFrame:
         k = r.data.tags["trial_key"]
         if k not in latest or latest[k].info.status != "FINISHED":
             latest[k] = r
+    committed = results.load(spec.name).drop_duplicates("trial_key", keep="last").set_index("trial_key")
     rows = []
     for t in spec.trials:
         r = latest.get(t.key)
         m = r.data.metrics if r else {}
         minutes = (r.info.end_time - r.info.start_time) / 60_000 if r and r.info.end_time else float("nan")
+        status = r.info.status if r else "PENDING"
+        if status != "FINISHED" and t.key in committed.index:  # trained on another machine
+            m, status = committed.loc[t.key].to_dict(), "FINISHED (results/)"
+            minutes = m.get("train_wall_seconds", float("nan")) / 60
         rows.append({"trial": f"{t.name} f{t.axes['fold']} s{t.axes['seed']}",
-                     "status": r.info.status if r else "PENDING", "best_epoch": m.get("best_epoch"),
+                     "status": status, "best_epoch": m.get("best_epoch"),
                      "best_val_auc": m.get("best_val_auc"), "test_auc": m.get("test_auc"),
                      "test_ap": m.get("test_ap"), "test_f1": m.get("test_f1"), "minutes": minutes})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS).round(4)

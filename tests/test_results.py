@@ -1,0 +1,49 @@
+"""The committed per-run table (results/<study>.csv): written as trials finish, enough to resume a
+study and rebuild its report on a machine whose MLflow store is empty. Synthetic beats (not ECG)."""
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ablation import tracking
+from ablation.report.page import build_report
+from ablation.study import results, runner
+from report_samples import run_tiny_study
+
+
+def test_committed_results_resume_a_study_and_rebuild_its_report(tmp_path, tracking_store, synthetic):
+    spec = run_tiny_study(tmp_path, name="results_tiny", seeds=(0, 1))
+    table = results.load("results_tiny")
+    assert len(table) == 4 and set(table["variant"]) == {"student_alone", "kd_score_kl"}
+    assert table["test_auc"].between(0, 1).all() and table["teacher_test_auc"].between(0, 1).all()
+    assert table["teacher_run_id"].notna().all() and set(table["trial_key"]) == {t.key for t in spec.trials}
+    old = mlflow.get_tracking_uri()
+    tracking.setup(f"sqlite:///{tmp_path / 'fresh.db'}")  # a fresh machine: the committed table only
+    try:
+        assert runner.finished_keys(spec) == {t.key for t in spec.trials}
+        runner.run_study(spec, beats=synthetic, device="cpu", progress=False)
+        teachers = MlflowClient().get_experiment_by_name("teachers")
+        assert teachers is None or not MlflowClient().search_runs([teachers.experiment_id])  # nothing retrained
+        path = build_report("results_tiny", tmp_path / "dash")
+        csv = pd.read_csv(path.with_suffix(".csv")).set_index("variant")
+        assert list(csv.index) == ["student_alone", "kd_score_kl", "teacher"] and csv.loc["kd_score_kl", "n_pairs"] == 2
+        assert csv.loc["kd_score_kl", "test_auc_mean"] == pytest.approx(
+            table[table["variant"] == "kd_score_kl"]["test_auc"].mean(), rel=1e-5)
+        assert "read from results_tiny.csv" in path.read_text()
+    finally:
+        tracking.setup(old)
+
+
+def test_merge_keeps_rows_of_other_machines_and_replaces_its_own():
+    committed = pd.DataFrame({"trial_key": ["a", "b"], "variant": ["x", "x"], "fold": [0, 1], "seed": 0,
+                              "test_auc": [0.1, 0.2]})
+    fresh = pd.DataFrame({"trial_key": ["b", "c"], "variant": ["x", "x"], "fold": [1, 2], "seed": 0,
+                          "test_auc": [0.3, 0.4]})
+    out = results.merge(committed, fresh).set_index("trial_key")["test_auc"].to_dict()
+    assert out == {"a": 0.1, "b": 0.3, "c": 0.4}
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", ""])
+def test_a_study_name_is_not_a_path(name):
+    with pytest.raises(ValueError, match="plain name"):
+        results.results_path(name)
