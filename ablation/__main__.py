@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, set_dotted
+from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def _threads(n: int | None) -> None:
@@ -28,7 +38,7 @@ def _run_config(args, defaults: dict | None = None) -> RunConfig:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=5")
         key, value = item.split("=", 1)
-        d = set_dotted(d, key, yaml.safe_load(value))
+        d = set_dotted(d, key, parse_value(value, f"--set {key}"))
     return from_dict(RunConfig, d, src=args.config or "--set")
 
 
@@ -89,10 +99,20 @@ def cmd_score(args) -> None:
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
     cfg, state = tracking.load_checkpoint(args.model, device)
-    beats = np.load(args.input, allow_pickle=False)
+    try:
+        beats = np.load(args.input, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{args.input}: not a numpy .npy array of beats ({' '.join(str(e).split())[:120]})") from e
     nc = cfg.data.nc
-    if beats.ndim != 3 or beats.shape[2] != 320 or beats.shape[1] < nc:
-        raise ValueError(f"{args.input}: expected raw beats shaped (n, channels>={nc}, 320), got {beats.shape}")
+    if not isinstance(beats, np.ndarray) or beats.ndim != 3 or beats.shape[2] != 320 or beats.shape[1] < nc:
+        raise ValueError(f"{args.input}: expected raw beats shaped (n, channels>={nc}, 320), "
+                         f"got {getattr(beats, 'shape', type(beats).__name__)}")
+    if not np.issubdtype(beats.dtype, np.number):
+        raise ValueError(f"{args.input}: beats must be numbers, got dtype {beats.dtype}")
+    bad = ~np.isfinite(beats[:, :nc]).all(axis=(1, 2))
+    if bad.any():
+        raise ValueError(f"{args.input}: {int(bad.sum())} of {len(beats)} beats hold NaN or inf "
+                         f"(first: beat {int(np.flatnonzero(bad)[0])}); remove or repair them")
     x = torch.from_numpy(minmax(beats[:, :nc].astype(np.float64))).to(device)
     s = scores(load_model(cfg, state, device).G, x, args.batch_size)
     np.save(args.output, s)
@@ -128,8 +148,8 @@ def cmd_bn_check(args) -> None:
 
 def cmd_study(args) -> None:
     """Run a study from studies/NAME.yaml (skipping finished trials), or --dry-run to list its trials."""
-    from ablation.study.spec import load_study
-    spec = load_study(args.name, args.scale)
+    from ablation.study.spec import MAX_TRIALS, load_study
+    spec = load_study(args.name, args.scale, None if args.yes else MAX_TRIALS)
     if args.dry_run:
         _print_trials(spec)
         return
@@ -175,11 +195,26 @@ def cmd_tune(args) -> None:
     if not args.confirm_only:
         print(format_summary(search_summary(run_search(spec, args.storage, mitdb=args.mitdb, device=args.device))))
     if args.confirm or args.confirm_only:
-        study = optuna.load_study(study_name=tune_name(spec), storage=queue.open_storage(args.storage))
+        try:
+            study = optuna.load_study(study_name=tune_name(spec), storage=queue.open_storage(args.storage))
+        except KeyError as e:
+            raise LookupError(f"no search {tune_name(spec)!r} in the Optuna storage to confirm; "
+                              f"run `python -m ablation tune {args.name}` first") from e
         conf = confirm_spec(spec, study, args.folds, args.seeds)
         run_study(conf, storage_url=args.storage, mitdb=args.mitdb, device=args.device)
         from ablation.report import build_report
         print(f"report: {build_report(conf.name, Path(args.out), baseline='untuned')}")
+
+
+def cmd_history(args) -> None:
+    """Per-epoch metrics of MLflow runs (learning curves) as one CSV table."""
+    import pandas as pd
+
+    from ablation import tracking
+    tracking.setup(args.tracking_uri)
+    table = pd.concat([tracking.history(r) for r in args.runs], ignore_index=True)
+    table.to_csv(args.csv, index=False, float_format="%.6g")
+    print(f"wrote {len(table)} rows to {args.csv}")
 
 
 def cmd_report(args) -> None:
@@ -200,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "../shared/mitdb, or a PhysioNet download)")
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-        sp.add_argument("--threads", type=int, help="torch intra-op threads (default: the cores given to this process)")
+        sp.add_argument("--threads", type=_positive_int,
+                        help="torch intra-op threads (default: the cores given to this process)")
         if config:
             sp.add_argument("--config", help="run config YAML (default: the paper's teacher)")
             sp.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -236,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--storage", help="Optuna storage URL of the trial queue (default: journal file under "
                                           "runs/optuna; postgresql+psycopg2://... for several machines)")
         if name == "study":
-            sp.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+            sp.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")
             sp.add_argument("--dry-run", action="store_true", help="print the expanded trials and their count")
+            sp.add_argument("--yes", action="store_true", help="expand a study of more than 10,000 trials")
         else:
             sp.add_argument("--parent-run-id", help="MLflow parent run of the study (default: found by tag)")
         sp.set_defaults(func=func)
@@ -263,12 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     r.set_defaults(func=cmd_report)
 
+    h = sub.add_parser("history", help=cmd_history.__doc__, description=cmd_history.__doc__)
+    h.add_argument("runs", nargs="+", help="MLflow run ids")
+    h.add_argument("--csv", required=True, help="the CSV file to write")
+    h.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
+    h.set_defaults(func=cmd_history)
+
     s = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
     common(s, config=False)
     s.add_argument("--model", required=True, help="MLflow run id or checkpoint path")
     s.add_argument("--input", required=True, help=".npy of raw beats shaped (n, channels, 320)")
     s.add_argument("--output", required=True, help=".npy to write the (n,) scores to")
-    s.add_argument("--batch-size", type=int, default=4096)
+    s.add_argument("--batch-size", type=_positive_int, default=4096)
     s.set_defaults(func=cmd_score)
 
     b = sub.add_parser("bn-check", help=cmd_bn_check.__doc__.split(" (")[0], description=cmd_bn_check.__doc__)
@@ -282,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM ends a run like SIGINT: the MLflow run is closed KILLED with its reason, not left RUNNING
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError, LookupError, ValueError) as e:

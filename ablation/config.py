@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -271,6 +272,8 @@ def _convert(value: Any, tp, path: str, src: str, meta: dict | None = None):
         if not ok:
             raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
         value = tp(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         lo, hi = (meta or {}).get("lo"), (meta or {}).get("hi")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ConfigError(f"{where} = {value} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
@@ -307,7 +310,11 @@ def from_dict(cls, d: Any, src: str = "<config>", prefix: str = ""):
 
 
 def _check_registered(obj, src: str, prefix: str) -> None:
-    """Names resolved through registries (KD kinds, distances, positions) are checked here."""
+    """Names resolved through registries (KD kinds, distances, positions) are checked here, and
+    combinations that would be silently ignored are refused."""
+    if isinstance(obj, RunConfig) and obj.role == "teacher" and obj.distill is not None:
+        raise ConfigError(f"{src}: `distill` is set on a role: teacher config, where nothing reads it; "
+                          f"set role: student to distil, or remove `distill`")
     if isinstance(obj, KDConfig):
         from ablation.distill.kd import KD_KINDS
         if obj.kind not in KD_KINDS:
@@ -349,14 +356,26 @@ def _check_registered(obj, src: str, prefix: str) -> None:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A YAML file holding one mapping (empty: {}); errors name the file, on one line."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping of keys (e.g. `train: {{epochs: 5}}`), "
+                          f"got a {type(data).__name__}")
     return data or {}
+
+
+def parse_value(text: str, where: str) -> Any:
+    """A command-line value read as YAML (``5``, ``1e-4``, ``[1, 2]``, ``null``); one-line errors."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: {text!r} is not a valid value: {' '.join(str(e).split())}") from e
 
 
 def load_run_config(path: str | Path, overrides: dict | None = None) -> RunConfig:

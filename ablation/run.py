@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -14,7 +15,7 @@ from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, load_data
 from ablation.data.mitdb import Beats
 from ablation.models.beatgan import BeatGAN
-from ablation.train.loop import Diverged, Result, pick_device, train
+from ablation.train.loop import Result, pick_device, train
 
 TEACHER_EXPERIMENT = "teachers"
 
@@ -45,13 +46,24 @@ def load_model(cfg: RunConfig, state: dict, device: torch.device) -> BeatGAN:
 
 
 def ensure_teacher(cfg: RunConfig, data: DataBundle, device: torch.device, progress: bool = True) -> tuple[str, BeatGAN]:
-    """The teacher of `cfg` from MLflow by its key, trained (and logged) first when missing."""
+    """The teacher of `cfg` from MLflow by its key, trained (and logged) first when missing.
+
+    Under a lock per key (runners started at once train one teacher, the others wait and find it).
+    A finished teacher whose checkpoint does not load is tagged ``checkpoint_unreadable`` and
+    marked FAILED, and the teacher is trained again."""
     key = run_key(cfg, data.fingerprint)
-    run_id = tracking.find_finished(TEACHER_EXPERIMENT, key)
-    if run_id is None:
+    with tracking.key_lock(f"teacher-{key}"):
+        run_id = tracking.find_finished(TEACHER_EXPERIMENT, key)
+        if run_id is not None:
+            try:
+                tcfg, state = tracking.load_checkpoint(run_id, device)
+                return run_id, load_model(tcfg, state, device)
+            except (tracking.StoreError, FileNotFoundError) as e:
+                print(f"warning: {e}; training the teacher again", file=sys.stderr)
+                tracking.retire(run_id, str(e))
         run_id = execute(cfg, data=data, device=device, experiment=TEACHER_EXPERIMENT, progress=progress).run_id
-    tcfg, state = tracking.load_checkpoint(run_id, device)
-    return run_id, load_model(tcfg, state, device)
+        tcfg, state = tracking.load_checkpoint(run_id, device)
+        return run_id, load_model(tcfg, state, device)
 
 
 def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None = None,
@@ -95,8 +107,9 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
                     on_epoch(epoch, row)
 
             result = train(cfg, data, device, terms, progress=progress, model=student, on_epoch=log_epoch)
-        except Diverged as e:  # leaving the `with` block marks the run FAILED
-            mlflow.set_tag("failure_reason", str(e))
+        except BaseException as e:  # the run ends FAILED (an error) or KILLED (SIGINT, SIGTERM), with its reason
+            mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}".strip(": "))
+            mlflow.end_run("KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED")
             raise
         mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_at": result.best_at,
                             "epochs_run": len(result.history),

@@ -9,6 +9,7 @@ import fcntl
 import os
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -23,6 +24,22 @@ from ablation.paths import PROJECT_ROOT, RUNS
 
 CHECKPOINT = "checkpoint/model.pt"
 SCORES = "scores/test_scores.csv"
+PROBE_TIMEOUT_S = 5
+
+
+class StoreError(ValueError):
+    """The tracking store or a stored artifact cannot be used; the message names it and how to recover."""
+
+
+def _probe_server(uri: str) -> None:
+    """One short request to a tracking server, so that an unreachable one fails in seconds, not minutes."""
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
+    except (urllib.error.URLError, OSError) as e:
+        raise StoreError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it "
+                         f"(make ui) or unset MLFLOW_TRACKING_URI to use runs/mlflow.db") from e
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -38,14 +55,37 @@ def setup(explicit: str | None = None) -> str:
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint load
     uri = tracking_uri(explicit)
-    mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http:", "https:")):
+        _probe_server(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
         with open(db.with_name(db.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-            MlflowClient().search_experiments(max_results=1)  # builds the schema if missing
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # builds the schema if missing
+            except Exception as e:  # sqlalchemy / alembic errors of a damaged file
+                raise StoreError(f"{db}: not a usable MLflow database ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:200]}); move it aside to start a new store") from e
+    mlflow.set_tracking_uri(uri)  # only a store that works becomes the current one
     return uri
+
+
+@contextmanager
+def key_lock(name: str):
+    """An exclusive file lock ``runs/locks/<name>.lock`` (processes on this machine wait their turn)."""
+    path = RUNS / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def retire(run_id: str, reason: str) -> None:
+    """Take a finished run out of key lookups (FAILED, with the reason as a tag)."""
+    client = MlflowClient()
+    client.set_tag(run_id, "failure_reason", reason)
+    client.set_terminated(run_id, "FAILED")
 
 
 def experiment_id(name: str) -> str:
@@ -111,10 +151,32 @@ def load_checkpoint(ref: str, device: str | torch.device = "cpu"):
         except Exception as e:
             raise FileNotFoundError(f"{ref!r} is neither a checkpoint file nor an MLflow run with "
                                     f"{CHECKPOINT} ({type(e).__name__}: {e})") from e
-    blob = torch.load(path, map_location=device, weights_only=True)
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, garbage, or a pickle of something else
+        raise StoreError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]})") from e
+    if not isinstance(blob, dict) or not {"config", "G", "D"} <= set(blob):
+        raise StoreError(f"{path}: not a checkpoint of this project (expected a mapping with config, G and D)")
     return from_dict(RunConfig, blob["config"], src=str(path)), {"G": blob["G"], "D": blob["D"]}
 
 
 def load_scores(run_id: str) -> pd.DataFrame:
     """The per-beat test scores a run stored (columns: score, label, cls)."""
     return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SCORES))
+
+
+def history(run_id: str) -> pd.DataFrame:
+    """Every per-epoch metric of a run, one row per epoch: columns run_id, fold, seed, epoch, then the metrics."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    per_epoch: dict[int, dict[str, float]] = {}
+    for key in sorted(run.data.metrics):
+        for m in client.get_metric_history(run_id, key):
+            per_epoch.setdefault(int(m.step), {})[key] = m.value
+    steps = sorted(per_epoch)
+    multi = [k for k in sorted({k for row in per_epoch.values() for k in row})
+             if sum(k in per_epoch[s] for s in steps) > 1 or len(steps) == 1]
+    where = {"fold": run.data.params.get("data.fold"), "seed": run.data.params.get("train.seed")}
+    return pd.DataFrame([{"run_id": run_id, **where, "epoch": s, **{k: per_epoch[s].get(k) for k in multi}}
+                         for s in steps])

@@ -83,12 +83,13 @@ def test_shipped_studies_expand():
 
 
 def test_diverged_trial_fails_with_reason_and_study_goes_on(tmp_path, tracking_store, synthetic):
-    from ablation.study.runner import run_study
+    from ablation.study.runner import StudyIncomplete, run_study, summary
     d = {"name": "nan_study", "base": TINY_BASE,
          "variants": [{"name": "explodes", "set": {"train.w_adv": 1.0e39}}, {"name": "fine"}]}
-    table = run_study(load_study(write(tmp_path, d)), beats=synthetic, progress=False,
-                      storage_url=f"journal:{tmp_path / 'journal.log'}")
-    assert list(table.status) == ["FAILED", "FINISHED"]
+    spec = load_study(write(tmp_path, d))
+    with pytest.raises(StudyIncomplete, match="1 of 2 trials did not finish"):
+        run_study(spec, beats=synthetic, progress=False, storage_url=f"journal:{tmp_path / 'journal.log'}")
+    assert list(summary(spec).status) == ["FAILED", "FINISHED"]
     exp = MlflowClient().get_experiment_by_name("nan_study")
     failed = MlflowClient().search_runs([exp.experiment_id], "attributes.status = 'FAILED' and tags.trial_key != ''")
     assert len(failed) == 1 and "non-finite" in failed[0].data.tags["failure_reason"]

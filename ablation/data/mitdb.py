@@ -209,7 +209,7 @@ def load_beats(protocol: Protocol = Protocol(), mitdb: str | Path | None = None,
                   record=np.concatenate([p["record"] for p in parts]),
                   sample=np.concatenate([p["sample"] for p in parts]), fingerprint=fp)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # unique: builders started at once never collide
     np.savez_compressed(tmp, x=beats.x, label=beats.label, record=beats.record, sample=beats.sample,
                         fingerprint=np.asarray(fp))
     tmp.replace(path)  # atomic: a killed build never leaves a half-written cache under the real name

@@ -11,13 +11,15 @@ trial RUNNING atomically, so each trial runs once), train it, and tell the resul
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal._file import get_lock_file
 from optuna.trial import TrialState
 
 from ablation.paths import RUNS
@@ -30,13 +32,37 @@ def default_storage_url() -> str:
     return os.environ.get("ABLATION_OPTUNA_STORAGE") or f"journal:{RUNS / 'optuna' / 'journal.log'}"
 
 
+def repair_torn_tail(path: Path) -> bool:
+    """Cut a journal's last line when a killed writer left it unfinished (every complete record ends
+    with a newline); the cut bytes are kept in ``<journal>.torn``. Done under Optuna's own journal
+    lock, so no writer is mid-append. True when something was cut."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with get_lock_file(JournalFileSymlinkLock(str(path))):
+        data = path.read_bytes()
+        if data.endswith(b"\n"):
+            return False
+        keep = data.rfind(b"\n") + 1
+        path.with_name(path.name + ".torn").write_bytes(data[keep:])
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    print(f"warning: {path}: cut an unfinished last record ({len(data) - keep} bytes, kept in "
+          f"{path.name}.torn) left by a killed process", flush=True)
+    return True
+
+
 def open_storage(url: str | None = None):
     """An Optuna storage from ``journal:PATH``, ``sqlite:///...`` or ``postgresql+psycopg2://...``."""
     url = url or default_storage_url()
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        repair_torn_tail(path)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except (ValueError, KeyError) as e:  # json errors are ValueErrors
+            raise ValueError(f"{path}: the trial queue's journal is damaged ({e}); move it aside (finished "
+                             f"trials are kept in MLflow and results/, and are queued again as needed)") from e
     if url.startswith("sqlite:"):
         return RDBStorage(url)
     return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
@@ -59,7 +85,8 @@ def reconcile(study: optuna.Study, storage, keys: list[str], finished: set[str],
     ``finished``: keys whose MLflow run is FINISHED (the source of truth for "done"). A RUNNING
     trial is stale when its worker died: with a heartbeat storage Optuna fails it after the grace
     period; with a local store, `local_owner` (this process holds the study lock, so no other
-    runner exists) fails it now. FAILED and stale trials of unfinished keys are enqueued again.
+    runner exists) fails it now unless its worker process is still alive (`worker_alive`: a
+    `worker` joined by hand goes on). FAILED and stale trials of unfinished keys are enqueued again.
     """
     if not is_local(storage):
         optuna.storages.fail_stale_trials(study)
@@ -67,7 +94,8 @@ def reconcile(study: optuna.Study, storage, keys: list[str], finished: set[str],
     stale = 0
     for t in study.get_trials(deepcopy=False):
         key = t.user_attrs.get("trial_key")
-        if t.state == TrialState.RUNNING and local_owner and is_local(storage):
+        if (t.state == TrialState.RUNNING and local_owner and is_local(storage)
+                and not worker_alive(t.user_attrs.get("worker"))):
             study.tell(t.number, state=TrialState.FAIL)
             stale += 1
         elif t.state in (TrialState.WAITING, TrialState.RUNNING) and key:
@@ -77,6 +105,28 @@ def reconcile(study: optuna.Study, storage, keys: list[str], finished: set[str],
             study.enqueue_trial({}, user_attrs={"trial_key": key})
     return {"finished": len(finished & set(keys)), "interrupted": stale,
             "to_run": len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))}
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on the trials it claims."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_alive(worker: str | None) -> bool:
+    """Whether the process that claimed a trial (``host:pid``) still runs: checked on this host;
+    a worker on another host is taken to be alive (a local journal has no heartbeat to tell)."""
+    if not worker or ":" not in worker:
+        return False
+    host, pid = worker.rsplit(":", 1)
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from ablation.paths import RUNS
 from ablation.run import ensure_teacher, execute
 from ablation.study import queue, results
 from ablation.study.spec import StudySpec, Trial
-from ablation.train.loop import Diverged, pick_device
+from ablation.train.loop import pick_device
 
 SUMMARY_COLUMNS = ["trial", "status", "best_epoch", "best_val_auc", "test_auc", "test_ap", "test_f1", "minutes"]
 
@@ -117,19 +117,33 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     parent = parent_run(spec)
     storage = queue.open_storage(storage_url)
     study = queue.open_study(queue_name(spec), storage)
-    with study_lock(spec) as owner:
-        state = queue.reconcile(study, storage, [t.key for t in spec.trials], finished_keys(spec), owner)
-        print(f"study {spec.name}: {spec.scale_summary}; {state['finished']} finished, {state['interrupted']} "
-              f"interrupted (re-queued), {state['to_run']} to run", flush=True)
-        if workers <= 1:
-            run_worker(spec, storage_url, parent, beats=beats, device=device, progress=progress)
-        else:
-            spawn_workers(spec, workers, storage_url, parent, mitdb, device)
+    try:
+        with study_lock(spec) as owner:
+            state = queue.reconcile(study, storage, [t.key for t in spec.trials], finished_keys(spec), owner)
+            print(f"study {spec.name}: {spec.scale_summary}; {state['finished']} finished, {state['interrupted']} "
+                  f"interrupted (re-queued), {state['to_run']} to run", flush=True)
+            if workers <= 1:
+                run_worker(spec, storage_url, parent, beats=beats, device=device, progress=progress)
+            else:
+                spawn_workers(spec, workers, storage_url, parent, mitdb, device)
+    except BaseException:
+        MlflowClient().set_terminated(parent, "KILLED")
+        raise
     complete = finished_keys(spec) >= {t.key for t in spec.trials}
     MlflowClient().set_terminated(parent, "FINISHED" if complete else "FAILED")
     table = summary(spec)
     print(table.to_string(index=False), flush=True)
+    unfinished = table[~table["status"].str.startswith("FINISHED")]
+    if len(unfinished):
+        counts = ", ".join(f"{s}: {n}" for s, n in unfinished["status"].value_counts().items())
+        raise StudyIncomplete(f"study {spec.name}: {len(unfinished)} of {len(table)} trials did not finish ({counts}; "
+                              f"first: {unfinished['trial'].iloc[0]}); the reasons are the runs' failure_reason "
+                              f"tags in MLflow; a rerun retries them and keeps the finished ones")
     return table
+
+
+class StudyIncomplete(ValueError):
+    """Some trials of a study failed; the others finished (the CLI exits non-zero)."""
 
 
 def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent: str,
@@ -142,9 +156,8 @@ def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent
     cmd += ["--mitdb", mitdb] if mitdb else []
     cmd += ["--device", device] if device else []
     procs = [subprocess.Popen(cmd) for _ in range(workers)]
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise RuntimeError(f"workers exited with {codes}")
+    for p in procs:  # a worker's failed trials show in the study's summary, and make run_study fail
+        p.wait()
 
 
 def _claim(study) -> tuple[object, str] | None:
@@ -152,6 +165,7 @@ def _claim(study) -> tuple[object, str] | None:
     if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return None
     t = study.ask()
+    t.set_user_attr("worker", queue.worker_id())
     key = t.user_attrs.get("trial_key")
     if key is None:  # another worker took the last waiting trial first; ask() made a blank one
         t.set_user_attr("blank", True)
@@ -194,9 +208,9 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
                               progress=progress,
                               on_epoch=lambda e, row: print(f"{label}: epoch {e} val_auc {row['val_auc']:.4f}",
                                                             flush=True))
-        except Diverged as e:
+        except Exception as e:  # one failed trial never stops the others
             study.tell(ot, state=TrialState.FAIL)
-            print(f"{label}: FAILED ({e})", flush=True)
+            print(f"{label}: FAILED ({type(e).__name__}: {e})", flush=True)
             continue
         except BaseException:
             study.tell(ot, state=TrialState.FAIL)

@@ -17,6 +17,8 @@ of the file.
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,10 +59,18 @@ class StudySpec:
                 f"folds={folds}, seeds={seeds}, trials={len(self.trials)}")
 
 
+MAX_TRIALS = 10_000  # above this a study must be confirmed (`--yes`): its trials are expanded one by one
+
+
 def study_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"no study file {p}")
         return p
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name_or_path)):
+        raise ConfigError(f"study name {str(name_or_path)!r}: a name under studies/ (letters, digits, . _ -) "
+                          f"or a path to a .yaml file")
     candidate = STUDIES_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
         known = sorted(q.stem for q in STUDIES_DIR.glob("*.yaml"))
@@ -90,11 +100,18 @@ def _grid(grid: Any, where: str, src: str) -> dict[str, list]:
     return grid
 
 
-def load_study(name_or_path: str | Path, scale: str = "cpu") -> StudySpec:
-    """Expand and validate a study file; any error names the file and the key path."""
+def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | None = MAX_TRIALS) -> StudySpec:
+    """Expand and validate a study file; any error names the file and the key path. A study of more
+    than `max_trials` trials is refused before it is expanded (None: no limit)."""
     path = study_path(name_or_path)
     src = str(path)
     d = load_yaml(path)
+    if not d:
+        raise ConfigError(f"{src}: the study file is empty; it needs at least `base` or `variants`")
+    study_name = d.get("name", path.stem)
+    if not isinstance(study_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", study_name):
+        raise ConfigError(f"{src}: `name` {study_name!r} must be a plain name (letters, digits, . _ -): it names the "
+                          f"MLflow experiment, the queue and results/<name>.csv")
     unknown = sorted(set(d) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"{src}: unknown key `{unknown[0]}`; allowed keys: {', '.join(sorted(TOP_KEYS))}")
@@ -108,9 +125,9 @@ def load_study(name_or_path: str | Path, scale: str = "cpu") -> StudySpec:
             d = {**d, axis: knobs.pop(axis)}
     for key, value in knobs.items():
         base = set_dotted(base, key, value)
-    variants = d.get("variants") or [{"name": "base", "set": {}}]
-    if not isinstance(variants, list):
-        raise ConfigError(f"{src}: `variants` must be a list of {{name, set}} mappings")
+    variants = d.get("variants", [{"name": "base", "set": {}}])
+    if not isinstance(variants, list) or not variants:
+        raise ConfigError(f"{src}: `variants` must be a non-empty list of {{name, set}} mappings")
     for i, v in enumerate(variants):
         if not isinstance(v, dict) or set(v) - {"name", "set", "grid"} or "name" not in v:
             raise ConfigError(f"{src}: `variants[{i}]` must be a mapping with `name` and optional `set` "
@@ -122,6 +139,12 @@ def load_study(name_or_path: str | Path, scale: str = "cpu") -> StudySpec:
     folds = _list_of(d.get("folds", [base.get("data", {}).get("fold", 0)]), "folds", src, int)
     seeds = _list_of(d.get("seeds", [base.get("train", {}).get("seed", 0)]), "seeds", src, int)
 
+    count = sum(math.prod(len(v) for v in {**top_grid, **_grid(v.get("grid"), f"variants[{v['name']}].grid",
+                                                                src)}.values())
+                for v in variants) * len(folds) * len(seeds)
+    if max_trials is not None and count > max_trials:
+        raise ConfigError(f"{src}: {count:,} trials (scale {scale}) is more than {max_trials:,}; "
+                          f"shrink the grid, or pass --yes to expand them anyway")
     trials: list[Trial] = []
     for variant in variants:
         vbase = base
@@ -145,4 +168,4 @@ def load_study(name_or_path: str | Path, scale: str = "cpu") -> StudySpec:
     if len(set(keys)) != len(keys):
         dup = next(t.name for t in trials if keys.count(t.key) > 1)
         raise ConfigError(f"{src}: two trials resolve to the same config (e.g. {dup!r}); remove the duplicate")
-    return StudySpec(d.get("name", path.stem), path, d.get("description", ""), scale, trials, d.get("search"))
+    return StudySpec(study_name, path, d.get("description", ""), scale, trials, d.get("search"))
