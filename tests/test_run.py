@@ -134,3 +134,12 @@ def test_processes_started_together_share_a_fresh_store(tmp_path):
     stderrs = [p.communicate()[1] for p in procs]
     errors = [err for p, err in zip(procs, stderrs) if p.returncode != 0]
     assert not errors, errors[0][-500:]
+
+
+def test_history_writes_the_learning_curve(teacher_run, tmp_path):
+    import pandas as pd
+    cfg, out = teacher_run
+    assert main(["history", out.run_id, "--csv", str(tmp_path / "h.csv")]) == 0
+    h = pd.read_csv(tmp_path / "h.csv")
+    assert list(h["epoch"]) == [0, 1] and set(h["seed"]) == {0} and set(h["fold"]) == {0}
+    assert h["val_auc"].tolist() == pytest.approx([row["val_auc"] for row in out.result.history])
