@@ -99,6 +99,19 @@ def test_two_runners_started_at_once_train_one_teacher(tmp_path):
     assert len(client.search_runs([exp.experiment_id])) == 1
 
 
+def test_two_cache_builders_started_at_once_on_an_empty_runs_folder(tmp_path, mitdb):
+    env = {**os.environ, "ABLATION_RUNS": str(tmp_path / "runs")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "ablation", "data", "--mitdb", str(mitdb)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-800:] for o in outs]
+    assert all("97748 beats" in o[0] for o in outs)
+    assert len(list((tmp_path / "runs" / "cache").glob("beats-*.npz"))) == 1
+    assert not list((tmp_path / "runs" / "cache").glob("*.tmp.npz"))
+
+
 def test_cache_builders_write_unique_temporary_files(tmp_path, monkeypatch, mitdb):
     """Two builders on an empty cache: each writes its own temporary file, then renames it."""
     from ablation.data import mitdb as m
@@ -260,7 +273,8 @@ def test_a_teacher_whose_checkpoint_does_not_load_is_trained_again(tmp_path, tra
 # ------------------------------------------------------------------------------------------------
 # SIGTERM closes the run
 # ------------------------------------------------------------------------------------------------
-def test_sigterm_ends_a_training_run_as_killed_with_its_reason(tmp_path, mitdb):
+@pytest.mark.parametrize("sig, reason", [(signal.SIGTERM, "SystemExit"), (signal.SIGINT, "KeyboardInterrupt")])
+def test_sigterm_and_sigint_end_a_training_run_as_killed_with_its_reason(tmp_path, mitdb, sig, reason):
     runs = tmp_path / "runs"
     env = {**os.environ, "ABLATION_RUNS": str(runs)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -280,8 +294,8 @@ def test_sigterm_ends_a_training_run_as_killed_with_its_reason(tmp_path, mitdb):
         except Exception:  # the store is still being created
             pass
     assert run is not None, proc.stderr.read() if proc.poll() is not None else "no run started"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     proc.wait(timeout=60)
     after = client.get_run(run.info.run_id)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert after.info.status == "KILLED" and after.data.tags["failure_reason"].startswith("SystemExit")
+    assert proc.returncode != 0
+    assert after.info.status == "KILLED" and after.data.tags["failure_reason"].startswith(reason)
