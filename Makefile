@@ -31,7 +31,7 @@ teacher: venv
 
 # the five folds' teachers, JOBS at a time (default: one per core), each on one thread
 teachers: venv
-	printf '%s\n' 0 1 2 3 4 | xargs -P $(JOBS) -I{} $(BIN)/python -m ablation teacher --threads 1 --set data.fold={} $(ARGS)
+	printf '%s\n' 0 1 2 3 4 | xargs -P $(JOBS) -I{} $(BIN)/python -m ablation teacher --export --threads 1 --set data.fold={} $(ARGS)
 
 study: venv
 	$(BIN)/python -m ablation study $(NAME) --workers $(WORKERS) $(ARGS)

@@ -76,6 +76,9 @@ def cmd_train(args, teacher_only: bool = False) -> None:
         from ablation.data.dataset import load_data
         run_id, _ = ensure_teacher(cfg, load_data(cfg.data, args.mitdb), device)
         print(f"teacher run {run_id}")
+        if args.export:
+            from ablation import teachers
+            print(f"committed teacher: {teachers.export(run_id)} (and results/teachers.csv)")
         return
     out = execute(cfg, mitdb=args.mitdb, device=device, experiment=args.experiment, skip_finished=not args.force)
     if out.result is None:
@@ -256,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Without --config it is the best measured recipe (ablation.config.TEACHER_RECIPE); "
                                    "--set data.fold=K picks the fold.")
     common(t)
+    t.add_argument("--export", action="store_true",
+                   help="also write the teacher to results/teachers/ (commit it: fresh machines then find it)")
     t.set_defaults(func=lambda a: cmd_train(a, teacher_only=True))
 
     tr = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)

@@ -1,9 +1,11 @@
-"""Where the project keeps its local state: everything under `runs/` (git-ignored).
+"""Where the project keeps its state: local state under `runs/` (git-ignored), and the results that
+outlive a machine under `results/` (committed).
 
-`ABLATION_RUNS` moves it elsewhere (tests point it at a temporary folder).
+`ABLATION_RUNS` and `ABLATION_RESULTS` move them elsewhere (tests point both at a temporary folder).
 """
 import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("ABLATION_RUNS", PROJECT_ROOT / "runs")).resolve()
+RESULTS = Path(os.environ.get("ABLATION_RESULTS", PROJECT_ROOT / "results")).resolve()

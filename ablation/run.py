@@ -10,7 +10,7 @@ from typing import Callable
 import mlflow
 import torch
 
-from ablation import tracking
+from ablation import teachers, tracking
 from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, load_data
 from ablation.data.mitdb import Beats
@@ -46,14 +46,15 @@ def load_model(cfg: RunConfig, state: dict, device: torch.device) -> BeatGAN:
 
 
 def ensure_teacher(cfg: RunConfig, data: DataBundle, device: torch.device, progress: bool = True) -> tuple[str, BeatGAN]:
-    """The teacher of `cfg` from MLflow by its key, trained (and logged) first when missing.
+    """The teacher of `cfg` from MLflow by its key, else from the committed teachers
+    (`ablation.teachers`), else trained (and logged) first.
 
     Under a lock per key (runners started at once train one teacher, the others wait and find it).
     A finished teacher whose checkpoint does not load is tagged ``checkpoint_unreadable`` and
     marked FAILED, and the teacher is trained again."""
     key = run_key(cfg, data.fingerprint)
     with tracking.key_lock(f"teacher-{key}"):
-        run_id = tracking.find_finished(TEACHER_EXPERIMENT, key)
+        run_id = tracking.find_finished(TEACHER_EXPERIMENT, key) or teachers.import_teacher(key, TEACHER_EXPERIMENT)
         if run_id is not None:
             try:
                 tcfg, state = tracking.load_checkpoint(run_id, device)

@@ -47,3 +47,33 @@ def test_merge_keeps_rows_of_other_machines_and_replaces_its_own():
 def test_a_study_name_is_not_a_path(name):
     with pytest.raises(ValueError, match="plain name"):
         results.results_path(name)
+
+
+def test_a_committed_teacher_is_found_on_a_fresh_machine_not_retrained(tmp_path, tracking_store, synthetic,
+                                                                       monkeypatch):
+    import torch
+    from ablation import run as run_module, teachers
+    from ablation.config import RunConfig, from_dict
+    from ablation.data.dataset import load_data
+    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "data": {"train_subset": 256},
+                                "train": {"epochs": 1, "device": "cpu", "seed": 77}})
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    first, model = run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+    path = teachers.export(first)
+    row = pd.read_csv(results.RESULTS / "teachers.csv").iloc[-1]
+    assert path.is_file() and row["run_id"] == first and row["seed"] == 77 and 0 <= row["test_auc"] <= 1
+    old = mlflow.get_tracking_uri()
+    tracking.setup(f"sqlite:///{tmp_path / 'fresh.db'}")
+    monkeypatch.setattr(run_module, "execute", lambda *a, **k: pytest.fail("the teacher was trained again"))
+    try:
+        again, found = run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+        assert again != first and MlflowClient().get_run(again).data.tags["imported_from"] == first
+        for k, v in model.G.state_dict().items():
+            assert torch.equal(v, found.G.state_dict()[k]), k
+        assert run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)[0] == again  # now in MLflow
+        path.write_bytes(path.read_bytes()[:-1] + b"x")
+        tracking.setup(f"sqlite:///{tmp_path / 'fresh2.db'}")
+        with pytest.raises(tracking.StoreError, match="SHA-256 differs"):
+            run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+    finally:
+        tracking.setup(old)

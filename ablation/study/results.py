@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablation.paths import PROJECT_ROOT
+from ablation.paths import RESULTS
 
-RESULTS = Path(os.environ.get("ABLATION_RESULTS", PROJECT_ROOT / "results")).resolve()
 IDENTITY = ["trial_key", "run_id", "status", "scale", "variant", "base_variant", "fold", "seed"]
 METRIC_COLUMNS = ["best_val_auc", "best_val_ap", "best_val_f1", "best_epoch", "best_val_at", "epochs_run",
                   "test_auc", "test_ap", "test_f1", "test_auc_S", "test_auc_V", "test_auc_F", "test_auc_Q"]
