@@ -46,6 +46,7 @@ bench: venv
 	$(BIN)/python -m ablation.bench $(ARGS)
 
 ui: venv
+	$(BIN)/python -c "from ablation import tracking; tracking.setup(); tracking.print_ui_links()"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
 
 dashboard: venv

@@ -71,6 +71,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
             beats: Beats | None = None, device: torch.device | str | None = None,
             experiment: str | None = None, parent_run_id: str | None = None,
             extra_tags: dict[str, str] | None = None, progress: bool = True, skip_finished: bool = True,
+            run_name: str | None = None,
             on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Outcome:
     """Train `cfg` as an MLflow run (a child of `parent_run_id` when given) and log everything."""
     device = pick_device(device or cfg.train.device) if not isinstance(device, torch.device) else device
@@ -97,7 +98,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
     tags["params_G"], tags["params_D"] = (str(v) for v in student.n_params().values())
 
     with mlflow.start_run(experiment_id=tracking.experiment_id(experiment), parent_run_id=parent_run_id,
-                          run_name=f"{cfg.role}-{key[:8]}") as run:
+                          run_name=run_name or f"{cfg.role}-{key[:8]}") as run:
         tracking.log_run_inputs(cfg, tags)
         if terms is not None and (fitted := terms.prepare_report()):
             mlflow.log_metrics({f"prepare.{k}": v for k, v in fitted.items()})

@@ -25,6 +25,8 @@ from ablation.paths import PROJECT_ROOT, RUNS
 CHECKPOINT = "checkpoint/model.pt"
 SCORES = "scores/test_scores.csv"
 PROBE_TIMEOUT_S = 5
+UI_BASE = "http://127.0.0.1:5000"  # `make ui`
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 class StoreError(ValueError):
@@ -97,10 +99,17 @@ def experiment_id(name: str) -> str:
     location = None  # a tracking server decides its own artifact store
     if not mlflow.get_tracking_uri().startswith(("http:", "https:")):
         location = (RUNS / "mlartifacts" / name).as_uri()  # database store: artifacts under runs/
-    try:
-        return client.create_experiment(name, artifact_location=location)
+    try:  # tagged as model training (MLflow 3 otherwise treats experiments as GenAI ones)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: "custom_model_development"})
     except mlflow.exceptions.MlflowException:  # created meanwhile by another worker
         return client.get_experiment_by_name(name).experiment_id
+
+
+def ui_link(experiment: str, base: str = UI_BASE) -> str | None:
+    """The MLflow UI address of an experiment's runs table (MLflow 3's UI otherwise opens an
+    experiment on its GenAI traces page); None when the experiment does not exist."""
+    exp = MlflowClient().get_experiment_by_name(experiment)
+    return None if exp is None else f"{base}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
 
 
 def git_commit() -> str:
@@ -180,3 +189,10 @@ def history(run_id: str) -> pd.DataFrame:
     where = {"fold": run.data.params.get("data.fold"), "seed": run.data.params.get("train.seed")}
     return pd.DataFrame([{"run_id": run_id, **where, "epoch": s, **{k: per_epoch[s].get(k) for k in multi}}
                          for s in steps])
+
+
+def print_ui_links() -> None:
+    """Each experiment's runs-table address in the MLflow UI (what `make ui` prints before serving)."""
+    for exp in MlflowClient().search_experiments():
+        if exp.name != "Default":
+            print(f"{exp.name}: {ui_link(exp.name)}")

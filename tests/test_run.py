@@ -143,3 +143,17 @@ def test_history_writes_the_learning_curve(teacher_run, tmp_path):
     h = pd.read_csv(tmp_path / "h.csv")
     assert list(h["epoch"]) == [0, 1] and set(h["seed"]) == {0} and set(h["fold"]) == {0}
     assert h["val_auc"].tolist() == pytest.approx([row["val_auc"] for row in out.result.history])
+
+
+def test_experiments_open_on_the_runs_table_and_trials_are_named(tracking_store, tmp_path):
+    from ablation.study.runner import run_study
+    from ablation.study.spec import load_study
+    from report_samples import write_tiny_study
+    from ablation.data.synthetic import synthetic_beats
+    spec = load_study(write_tiny_study(tmp_path, "named_runs", seeds=(0,)))
+    run_study(spec, beats=synthetic_beats(seed=0), device="cpu", progress=False)
+    exp = MlflowClient().get_experiment_by_name("named_runs")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tracking.ui_link("named_runs").endswith(f"#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+    names = {r.info.run_name for r in MlflowClient().search_runs([exp.experiment_id], "tags.trial_key != ''")}
+    assert names == {"student_alone f0 s0", "kd_score_kl f0 s0"}

@@ -415,7 +415,8 @@ def _ms_date(ms: float) -> str:
 
 
 def header_info(runs: pd.DataFrame, scale: str | None = None, description: str = "",
-                teachers: pd.DataFrame | None = None, tracking_uri: str | None = None) -> dict[str, str]:
+                teachers: pd.DataFrame | None = None, tracking_uri: str | None = None,
+                ui_link: str | None = None) -> dict[str, str]:
     """The page header: scale (epochs, train subset, folds, seeds), dates, git commit(s)."""
     def param(key: str) -> list[Any]:
         return list(runs[f"param.{key}"]) if f"param.{key}" in runs else []
@@ -443,6 +444,8 @@ def header_info(runs: pd.DataFrame, scale: str | None = None, description: str =
         h["data fingerprint"] = _summ(runs["data_fingerprint"])
     if tracking_uri:
         h["tracking store"] = tracking_uri
+    if ui_link:
+        h["MLflow runs table"] = f"{ui_link} (make ui)"
     if description:
         h["description"] = description.strip()
     return h
@@ -566,6 +569,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None, o
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from ablation import tracking
     from ablation.study import results
     client = client or MlflowClient()
     exp = client.get_experiment_by_name(study)
@@ -608,7 +612,8 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None, o
     parents = [p for p in parents if p.data.tags.get("scale") in (scale, None)] or parents
     description = parents[0].data.tags.get("mlflow.note.content", "") if parents else ""
     data = ReportData(study=study, runs=runs, summary=summary, baseline=base,
-                      header=header_info(runs, scale, description, teachers, uri),
+                      header=header_info(runs, scale, description, teachers, uri,
+                                         tracking.ui_link(study) if exp is not None else None),
                       history=fetch_history(client, tracked), teachers=teachers, notes=notes,
                       optuna_study=optuna_study)
     data.curves = fetch_curves(runs, summary, base, teachers, notes)

@@ -133,6 +133,7 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     MlflowClient().set_terminated(parent, "FINISHED" if complete else "FAILED")
     table = summary(spec)
     print(table.to_string(index=False), flush=True)
+    print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
     unfinished = table[~table["status"].str.startswith("FINISHED")]
     if len(unfinished):
         counts = ", ".join(f"{s}: {n}" for s, n in unfinished["status"].value_counts().items())
@@ -205,6 +206,7 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
             with queue.heartbeat(storage, ot):
                 out = execute(trial.config, data=load_data(trial.config.data, beats=beats, progress=False),
                               device=device, experiment=spec.name, parent_run_id=parent_run_id, extra_tags=tags,
+                              run_name=f"{trial.name} f{trial.axes['fold']} s{trial.axes['seed']}",
                               progress=progress,
                               on_epoch=lambda e, row: print(f"{label}: epoch {e} val_auc {row['val_auc']:.4f}",
                                                             flush=True))
