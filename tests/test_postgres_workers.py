@@ -93,7 +93,7 @@ def test_two_workers_on_postgres_run_each_trial_once(pg_server, mitdb, tmp_path)
 
     from ablation.study.spec import load_study
 
-    spec = load_study("smoke")
+    spec = load_study("smoke", scale="tiny")
     keys = {t.key for t in spec.trials}
     assert len(keys) == 3
     storage, tracking_uri = pg_server.url("optuna"), pg_server.url("mlflow")
@@ -108,7 +108,7 @@ def test_two_workers_on_postgres_run_each_trial_once(pg_server, mitdb, tmp_path)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     code, out, worker_pids, coordinator = _run_study(
-        [sys.executable, "-m", "ablation", "study", "smoke", "--workers", "2", "--storage", storage,
+        [sys.executable, "-m", "ablation", "study", "smoke", "--scale", "tiny", "--workers", "2", "--storage", storage,
          "--tracking-uri", tracking_uri, "--mitdb", str(mitdb)], env, cwd, tmp_path / "study.log")
     assert code == 0, out[-6000:]
 
@@ -124,7 +124,7 @@ def test_two_workers_on_postgres_run_each_trial_once(pg_server, mitdb, tmp_path)
     assert exp is not None
     assert exp.artifact_location == (runs / "mlartifacts" / "smoke").as_uri()
     all_runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in all_runs if r.data.tags.get("study_parent") == "smoke@cpu"]
+    parents = [r for r in all_runs if r.data.tags.get("study_parent") == "smoke@tiny"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent_id = parents[0].info.run_id
     children = [r for r in all_runs if r.data.tags.get("trial_key")]
@@ -143,7 +143,7 @@ def test_two_workers_on_postgres_run_each_trial_once(pg_server, mitdb, tmp_path)
     assert not any(cwd.iterdir()), list(cwd.iterdir())  # nothing written to the working directory
 
     # Optuna: exactly one COMPLETE trial per key; the rest only blank trials of a worker that found none
-    study = optuna.load_study(study_name="smoke@cpu", storage=storage)
+    study = optuna.load_study(study_name="smoke@tiny", storage=storage)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert Counter(t.user_attrs.get("trial_key") for t in complete) == Counter(keys)
