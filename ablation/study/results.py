@@ -9,12 +9,12 @@ validation and test metrics, when and where it ran (`COLUMNS`).
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from ablation import tracking
 from ablation.paths import RESULTS
 
 IDENTITY = ["trial_key", "run_id", "status", "scale", "variant", "base_variant", "fold", "seed"]
@@ -71,8 +71,7 @@ def write(study: str, fresh: pd.DataFrame) -> Path:
     """Merge `fresh` (finished runs, `table` columns) into ``results/<study>.csv`` under a file lock."""
     path = results_path(study)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with tracking.key_lock(f"results-{study}"):  # under runs/locks: nothing but tables in results/
         out = merge(load(study), table(fresh))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         out.to_csv(tmp, index=False, float_format="%.6g")
