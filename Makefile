@@ -10,7 +10,7 @@ WORKERS ?= 1
 JOBS    ?= $(shell nproc)
 ARGS    ?=
 
-.PHONY: venv test data teacher teachers study tune report bench ui dashboard clean
+.PHONY: venv test data teacher teachers study tune report bench gpu-check ui dashboard clean
 
 venv: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ report: venv
 
 bench: venv
 	$(BIN)/python -m ablation.bench $(ARGS)
+
+# the prepared check for a machine with a GPU (results in $(OUT) or runs/gpu_check)
+gpu-check: venv
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 ui: venv
 	$(BIN)/python -c "from ablation import tracking; tracking.setup(); tracking.print_ui_links()"
