@@ -209,6 +209,32 @@ def cmd_tune(args) -> None:
         print(f"report: {build_report(conf.name, Path(args.out), baseline='untuned')}")
 
 
+def cmd_rescore(args) -> None:
+    """Test AUC of trained models with the D-feature residual added to the score (f-AnoGAN's idea),
+    its weight chosen on validation: see ablation.train.rescore."""
+    import pandas as pd
+
+    from ablation import tracking
+    from ablation.data.dataset import load_data
+    from ablation.run import load_model
+    from ablation.train.loop import pick_device
+    from ablation.train.rescore import rescore
+    _threads(args.threads)
+    tracking.setup(args.tracking_uri)
+    device = pick_device(args.device or "auto")
+    rows = []
+    for ref in args.models:
+        cfg, state = tracking.load_checkpoint(ref, device)
+        data = load_data(cfg.data, args.mitdb, progress=False)
+        row = {"model": ref, "fold": cfg.data.fold, "seed": cfg.train.seed, "ndf": cfg.model.ndf,
+               **rescore(load_model(cfg, state, device), data)}
+        rows.append(row)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    if args.csv:
+        pd.DataFrame(rows).to_csv(args.csv, index=False, float_format="%.6g")
+        print(f"wrote {args.csv}")
+
+
 def cmd_history(args) -> None:
     """Per-epoch metrics of MLflow runs (learning curves) as one CSV table."""
     import pandas as pd
@@ -304,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", help="which scale's runs (default: the latest run's)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     r.set_defaults(func=cmd_report)
+
+    rs = sub.add_parser("rescore", help=cmd_rescore.__doc__.split(" (")[0], description=cmd_rescore.__doc__)
+    common(rs, config=False)
+    rs.add_argument("models", nargs="+", help="MLflow run ids or checkpoint paths")
+    rs.add_argument("--csv", help="also write the table to this CSV file")
+    rs.set_defaults(func=cmd_rescore)
 
     h = sub.add_parser("history", help=cmd_history.__doc__, description=cmd_history.__doc__)
     h.add_argument("runs", nargs="+", help="MLflow run ids")

@@ -157,3 +157,15 @@ def test_experiments_open_on_the_runs_table_and_trials_are_named(tracking_store,
     assert tracking.ui_link("named_runs").endswith(f"#/experiments/{exp.experiment_id}?workflowType=machine_learning")
     names = {r.info.run_name for r in MlflowClient().search_runs([exp.experiment_id], "tags.trial_key != ''")}
     assert names == {"student_alone f0 s0", "kd_score_kl f0 s0"}
+
+
+def test_rescore_at_weight_zero_is_the_runs_own_auc_and_the_weight_is_chosen_on_validation(teacher_run, synthetic):
+    from ablation.data.dataset import load_data
+    from ablation.run import load_model
+    from ablation.train.rescore import WEIGHTS, rescore
+    cfg, out = teacher_run
+    model = load_model(*tracking.load_checkpoint(out.run_id), torch.device("cpu"))
+    res = rescore(model, load_data(cfg.data, beats=synthetic, progress=False))
+    assert res["test_auc_plain"] == pytest.approx(out.result.test["auc"], abs=1e-6)  # a monotone map of the MSE
+    assert res["val_auc_chosen"] == max(res[f"val_auc_w{w:g}"] for w in WEIGHTS) and res["weight"] in WEIGHTS
+    assert res["val_auc_w4"] != res["val_auc_w0"]  # the feature residual changes the ranking
