@@ -43,7 +43,7 @@ report: venv
 	$(BIN)/python -m ablation report $(NAME) $(ARGS)
 
 bench: venv
-	$(BIN)/python -m ablation.bench $(ARGS)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 # the prepared check for a machine with a GPU (results in $(OUT) or runs/gpu_check)
 gpu-check: venv

@@ -5,7 +5,7 @@
 Steps, each timed, each appended to ``DIR/gpu_check.json`` as it finishes (so a run cut short still
 leaves what it measured), and summarised in ``DIR/gpu_check.md``:
 
-1. the benchmark (`ablation.bench`) on the device: fp32, bf16 autocast and torch.compile rows;
+1. the benchmark (`benchmarks/bench.py`) on the device: fp32, bf16 autocast and torch.compile rows;
 2. one epoch of a full-scale trial (an ndf-8 student, full training set of fold 0) and of a teacher
    (ndf 32), timed: what a headline trial and a teacher cost here;
 3. several ndf-8 trials at once on the one device (separate processes): throughput against one;
@@ -70,7 +70,7 @@ class Check:
         print(f"{name}: {values}", flush=True)
 
     def bench(self) -> None:
-        from ablation.bench import run_bench
+        from bench import run_bench  # benchmarks/bench.py, beside this file
         t0 = time.perf_counter()
         df = run_bench(self.device, quick=self.tiny, tracking_uri=f"sqlite:///{self.out / 'bench.db'}")
         df.to_csv(self.out / "bench.csv", index=False)

@@ -1,4 +1,4 @@
-"""Reference implementation for `ablation.bench`, written in the style of the original code.
+"""Reference implementation for `benchmarks/bench.py`, written in the style of the original code.
 
 This is the yardstick our training loop is measured against, NOT code to reuse. It is written the
 way BeatGAN's public code and the earlier student project (NOTES.md section 2) were organised:

@@ -1,17 +1,21 @@
 """The benchmark's reference is a fair yardstick (same arithmetic as our loop on the same weights),
 and the benchmark produces every row. No timing assertions: speed is reported by `make bench`."""
 import copy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ablation.bench import BATCH, COLUMNS, Plan, format_table, load_reference, machine_header, run_bench, \
-    student_config, synthetic_bundle, teacher_config
 from ablation.config import RunConfig
 from ablation.distill.distiller import Distiller
 from ablation.models.beatgan import BeatGAN
 from ablation.train.loop import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench import (BATCH, COLUMNS, Plan, format_table, load_reference, machine_header,  # noqa: E402
+                   run_bench, student_config, synthetic_bundle, teacher_config)
 
 CPU = torch.device("cpu")
 SMALL = Plan(teacher_ndf=8, student_ndf=4, nz=16)

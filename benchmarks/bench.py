@@ -48,11 +48,10 @@ from ablation.data.dataset import DataBundle, EvalSet
 from ablation.data.mitdb import CLASSES
 from ablation.data.synthetic import synthetic_beats
 from ablation.models.beatgan import BeatGAN
-from ablation.paths import PROJECT_ROOT
 from ablation.train.evaluate import scores
 from ablation.train.loop import pick_device, train
 
-REFERENCE_PATH = PROJECT_ROOT / "benchmarks" / "reference_style.py"
+REFERENCE_PATH = Path(__file__).resolve().with_name("reference_style.py")
 BATCH = 64
 COLUMNS = ["section", "item", "ours", "reference", "unit", "ratio", "result", "target", "met", "note"]
 
@@ -549,7 +548,7 @@ def format_table(df: pd.DataFrame, header: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ablation bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--seconds-per-item", type=float, default=None,
                    help=f"time budget per training comparison (default {Plan.seconds_per_item:g})")
