@@ -16,11 +16,13 @@ Activations are never in place, so a ``pre`` tensor is not overwritten by the ac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ablation.config import ModelConfig
+if TYPE_CHECKING:  # the model needs three widths, not the config module (no import circle)
+    from ablation.config import ModelConfig
 
 NETS = ("enc", "dec", "disc")
 N_BLOCKS = 6
@@ -134,7 +136,9 @@ class BeatGAN:
     D: Discriminator
 
     @classmethod
-    def build(cls, cfg: ModelConfig, nc: int) -> "BeatGAN":
+    def build(cls, cfg: "ModelConfig", nc: int) -> "BeatGAN":
+        """G and D of widths ``cfg.ndf``, ``cfg.ngf``, ``cfg.nz`` (any object with those ints) for
+        ``nc`` leads, with BeatGAN's initialisation."""
         model = cls(Generator(nc, cfg.ndf, cfg.ngf, cfg.nz), Discriminator(nc, cfg.ndf))
         model.G.apply(init_weights)
         model.D.apply(init_weights)
