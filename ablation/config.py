@@ -77,39 +77,20 @@ class TrainConfig:
     beta1: float = Range(0.0, 0.999, default=0.5)
     w_adv: float = Range(0.0, None, default=1.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decay to lr/100 over `epochs`
-    # D's own learning rate (None = lr): the two time-scale update rule (Heusel et al., NeurIPS 2017);
-    # a slower D is one lever against the discriminator winning early; the same schedule applies
-    lr_d: Optional[float] = Range(1e-7, 1.0, default=None, off=None)
-    d_reinit_below: float = Range(0.0, None, default=5e-6)
-    # D's target for real beats: below 1 is one-sided label smoothing (Salimans et al., NeurIPS 2016,
-    # sec. 3.4, the paper that also introduced BeatGAN's feature matching), which keeps D from
-    # saturating; D's loss then stays above the binary entropy of this target, so a d_reinit_below
-    # under that floor never fires
-    d_real_label: float = Range(0.5, 1.0, default=1.0, off=1.0)
+    lr_d: Optional[float] = Range(1e-7, 1.0, default=None, off=None)  # D's own lr (TTUR, Heusel et al. 2017)
+    d_reinit_below: float = Range(0.0, None, default=5e-6)  # re-initialise D when its batch loss falls below
+    d_real_label: float = Range(0.5, 1.0, default=1.0, off=1.0)  # D's real target (< 1: one-sided smoothing)
     seed: int = 0
     device: str = Option("auto", neutral=True)
     eval_batch_size: int = Range(1, 1_000_000, default=2048, neutral=True)
     test_every_epoch: bool = Option(False, neutral=True)  # diagnostic curve only: never used for selection
-    # Polyak/EMA average of G's weights, decay per step (0 = off), BN statistics recomputed for it before
-    # each validation. When on, validation, selection, the checkpoint and the test use the average;
-    # the live G's val AUC is logged beside it (val_auc_live).
-    ema: float = Range(0.0, 0.99999, default=0.0, off=0.0)
-    # wall-clock budget: training ends after the first epoch that finishes past it (CPU scale);
-    # the best-validation epoch among those run is tested as usual, `epochs_run` says how many ran
-    max_minutes: Optional[float] = Range(0.0, None, default=None, off=None)
-    # speed options: bf16 autocast of the training forwards (evaluation stays float32; its AUC against
-    # fp32: studies/precision.yaml), and torch.compile of G and D (the result is the same run)
-    precision: Literal["fp32", "bf16"] = Option("fp32", off="fp32")
-    compile: bool = Option(False, neutral=True)
-    # BeatGAN's time-warp augmentation (ablation.data.augment): the fraction of each training batch
-    # warped afresh every step (the paper's n_aug = 3 copies per beat: 3/4 of the beats seen are warped)
-    time_warp: float = Range(0.0, 1.0, default=0.0, off=0.0)
-    # validations per epoch, evenly spaced in batches (1 = at the epoch's end only): a GAN-trained
-    # model's quality moves within an epoch, and the best checkpoint is chosen among all of them
-    val_per_epoch: int = Range(1, 1000, default=1, off=1)
-    # early stopping: end training after the first epoch that ends with this many validation checks
-    # in a row without a new best (None = off); the same rule for every variant of a study
-    patience: Optional[int] = Range(1, None, default=None, off=None)
+    ema: float = Range(0.0, 0.99999, default=0.0, off=0.0)  # Polyak average of G evaluated and kept (0 = off)
+    max_minutes: Optional[float] = Range(0.0, None, default=None, off=None)  # stop after the epoch past this
+    precision: Literal["fp32", "bf16"] = Option("fp32", off="fp32")  # bf16 autocast of training forwards
+    compile: bool = Option(False, neutral=True)  # torch.compile of G and D (same result)
+    time_warp: float = Range(0.0, 1.0, default=0.0, off=0.0)  # share of each batch time-warped (BeatGAN's aug)
+    val_per_epoch: int = Range(1, 1000, default=1, off=1)  # validation checks per epoch; the best is kept
+    patience: Optional[int] = Range(1, None, default=None, off=None)  # stop after this many checks w/o a best
 
 
 TEACHER_RECIPE = {"epochs": 16, "d_reinit_below": 1e-3, "val_per_epoch": 8, "patience": 24}
