@@ -280,3 +280,16 @@ def test_config_unknown_kind_names_key_path_and_allowed_kinds():
     assert "'hinton'" in msg
     for name in KD_KINDS:
         assert name in msg
+
+
+def test_every_kind_declares_the_teacher_outputs_it_reads():
+    """The Distiller plans its teacher passes from these declarations (no per-kind checks)."""
+    fields = set(Outputs.__dataclass_fields__)
+    for name, cls in KD_KINDS.items():
+        if name == "none":
+            assert cls.reads == {}
+            continue
+        assert cls.reads, name
+        for npass, keys in cls.reads.items():
+            assert npass in ({"G:real"} if cls.step == "G" else {"D:real", "D:fake"}), (name, npass)
+            assert all(k.startswith("out:") and k[4:] in fields for k in keys), (name, keys)

@@ -90,6 +90,14 @@ class FeatureTerm(nn.Module):
             f = [t_taps[p.key] for p in self.positions]
         return f[0] if len(f) == 1 else tuple(f)
 
+    @property
+    def reads(self) -> dict[str, tuple[str, ...]]:
+        """The teacher taps this term needs, by teacher pass (none when it targets the student itself)."""
+        if self.cfg.target != "teacher":
+            return {}
+        p = self.positions[0]
+        return {f"{'D' if p.net == 'disc' else 'G'}:{p.input}": tuple(q.key for q in self.positions)}
+
     def forward(self, s_taps: dict[str, Tensor], t_taps: dict[str, Tensor]) -> Tensor:
         return self.distance(self.student(s_taps), self.target(s_taps, t_taps))
 
@@ -113,27 +121,17 @@ class Distiller(nn.Module):
         self.cache = self._build_cache(train_x, t_shapes)
         self.scale: dict[str, Tensor] = {}  # per-term 1/|value at the first batch| when cfg.normalize
 
-    # -- teacher passes, each network once per input ------------------------------------------
+    # -- teacher passes, each network once per input, planned from what the terms read ---------
+    def _terms_of(self, step: str) -> list:
+        return [t for t in self.features if t.step == step] + ([self.kd] if self.kd.step == step else [])
+
     def _needs(self, step: str) -> set[str]:
         """Which teacher passes a step needs: subsets of {"G:real", "D:real", "D:fake"}."""
-        need = set()
-        for t in self.features:
-            if t.step == step and t.cfg.target == "teacher":
-                p = t.positions[0]
-                need.add(f"{'G' if p.net != 'disc' else 'D'}:{p.input}")
-        if self.cfg.kd.kind != "none" and self.kd.step == step:
-            need |= {"D:real", "D:fake"} if self.kd.step == "D" else {"G:real"}
-        return need
+        return {npass for term in self._terms_of(step) for npass in term.reads}
 
     def _wanted(self, npass: str) -> set[str]:
         """The keys of a teacher pass that some term reads (taps as ``<input>:<tap>``, outputs as ``out:*``)."""
-        inp = npass.split(":")[1]
-        keys = {p.key for t in self.features if t.cfg.target == "teacher" for p in t.positions
-                if (p.net == "disc") == npass.startswith("D") and p.input == inp}
-        if self.cfg.kd.kind != "none":
-            keys |= {"out:recon", "out:latent", "out:score"} if npass == "G:real" and self.kd.step == "G" else set()
-            keys |= {f"out:logit_{inp}"} if npass.startswith("D") and self.kd.step == "D" else set()
-        return keys
+        return {k for step in ("G", "D") for term in self._terms_of(step) for k in term.reads.get(npass, ())}
 
     def _teacher_pass(self, npass: str, batch: Tensor) -> dict[str, Tensor]:
         """One teacher forward pass (``G:real``, ``D:real`` or ``D:fake``) under no_grad."""
@@ -200,7 +198,7 @@ class Distiller(nn.Module):
         -1 for a beat that was augmented)."""
         t_taps, t_out = self._teacher("G", x, fake, idx)
         raw = {t.name: (t.weight, t(taps, t_taps)) for t in self.features if t.step == "G"}
-        if self.cfg.kd.kind != "none" and self.kd.step == "G":
+        if self.kd.reads and self.kd.step == "G":
             s_out = Outputs(score=anomaly_score(x, fake), recon=fake, latent=latent.flatten(1))
             raw[self.kd_name] = (self.cfg.kd.weight, self.kd(s_out, t_out))
         return self._weighted(raw)
@@ -209,7 +207,7 @@ class Distiller(nn.Module):
         """D-step terms; `idx` as in `g_terms`."""
         t_taps, t_out = self._teacher("D", x, fake, idx)
         raw = {t.name: (t.weight, t(taps, t_taps)) for t in self.features if t.step == "D"}
-        if self.cfg.kd.kind != "none" and self.kd.step == "D":
+        if self.kd.reads and self.kd.step == "D":
             s_out = Outputs(logit_real=taps["real:disc.5.pre"].flatten(), logit_fake=taps["fake:disc.5.pre"].flatten())
             raw[self.kd_name] = (self.cfg.kd.weight, self.kd(s_out, t_out))
         return self._weighted(raw)

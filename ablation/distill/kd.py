@@ -45,10 +45,14 @@ class Outputs:
 
 
 class KD(nn.Module):
-    """Base class. ``step`` is the optimiser step the term joins; ``T`` the temperature."""
+    """Base class. ``step`` is the optimiser step the term joins; ``T`` the temperature; ``reads``
+    the teacher outputs the term needs, by teacher pass (``G:real``: G on the real beats; ``D:real``,
+    ``D:fake``: D on the real beats / on the student's reconstructions): the Distiller runs exactly
+    those passes."""
 
     name: ClassVar[str] = ""
     step: ClassVar[str] = "G"
+    reads: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, T: float, s_nz: int, t_nz: int):
         super().__init__()
@@ -79,6 +83,8 @@ class ScoreKL(KD):
     log-scores, whose spread is already of order one.
     """
 
+    reads = {"G:real": ("out:score",)}
+
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
         t_score = t.score.detach()
         scale = t_score.std(unbiased=False).clamp_min(EPS) * self.T
@@ -101,6 +107,8 @@ class ScoreNCE(KD):
     earlier project used it (without T^2, as in LwF).
     """
 
+    reads = {"G:real": ("out:score",)}
+
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
         return -(power_log_normalise(t.score.detach(), self.T).exp() * power_log_normalise(s.score, self.T)).sum()
 
@@ -109,6 +117,8 @@ class ScoreNCE(KD):
 class Recon(KD):
     """MSE between the student's and the teacher's reconstructions of the same beats (B, C, L)."""
 
+    reads = {"G:real": ("out:recon",)}
+
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
         return F.mse_loss(s.recon, t.recon.detach())
 
@@ -116,6 +126,8 @@ class Recon(KD):
 @register_kd("latent")
 class Latent(KD):
     """MSE between latent codes (B, nz); a learned linear map nz_s -> nz_t when sizes differ."""
+
+    reads = {"G:real": ("out:latent",)}
 
     def __init__(self, T: float, s_nz: int, t_nz: int):
         super().__init__(T, s_nz, t_nz)
@@ -139,6 +151,7 @@ class Disc(KD):
     student's reconstructions: the student D learns the teacher D's soft verdicts (D step)."""
 
     step = "D"
+    reads = {"D:real": ("out:logit_real",), "D:fake": ("out:logit_fake",)}
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
         return binary_kl(s.logit_real, t.logit_real, self.T) + binary_kl(s.logit_fake, t.logit_fake, self.T)
