@@ -78,7 +78,7 @@ def cmd_train(args, teacher_only: bool = False) -> None:
         print(f"teacher run {run_id}")
         if args.export:
             from ablation import teachers
-            print(f"committed teacher: {teachers.export(run_id)} (and results/teachers.csv)")
+            print(f"exported teacher: {teachers.export(run_id)} (and its row in results/teachers.csv)")
         return
     out = execute(cfg, mitdb=args.mitdb, device=device, experiment=args.experiment, skip_finished=not args.force)
     if out.result is None:
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--set data.fold=K picks the fold.")
     common(t)
     t.add_argument("--export", action="store_true",
-                   help="also write the teacher to results/teachers/ (commit it: fresh machines then find it)")
+                   help="also write the checkpoint to runs/teachers/ and its row to results/teachers.csv")
     t.set_defaults(func=lambda a: cmd_train(a, teacher_only=True))
 
     tr = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)

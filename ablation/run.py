@@ -46,8 +46,8 @@ def load_model(cfg: RunConfig, state: dict, device: torch.device) -> BeatGAN:
 
 
 def ensure_teacher(cfg: RunConfig, data: DataBundle, device: torch.device, progress: bool = True) -> tuple[str, BeatGAN]:
-    """The teacher of `cfg` from MLflow by its key, else from the committed teachers
-    (`ablation.teachers`), else trained (and logged) first.
+    """The teacher of `cfg` from MLflow by its key, else from the exported teachers on this
+    machine (`ablation.teachers`), else trained (and logged) first.
 
     Under a lock per key (runners started at once train one teacher, the others wait and find it).
     A finished teacher whose checkpoint does not load is tagged ``checkpoint_unreadable`` and

@@ -1,10 +1,12 @@
-"""Committed teachers: a trained teacher's checkpoint under ``results/teachers/<run key>.pt`` and
-its row in ``results/teachers.csv``, so that a fresh machine finds the teacher a study was trained
-against instead of training another (CPU float arithmetic differs between machines, so a retrained
-teacher would not be the same model).
+"""Exported teachers: a trained teacher's checkpoint under ``runs/teachers/<run key>.pt``
+(git-ignored: checkpoints are not committed) and its row in the committed ``results/teachers.csv``
+(key, fold, seed, metrics, the checkpoint's SHA-256). Copy ``runs/teachers/`` to another machine and
+it finds the very teacher a study was trained against instead of training another (CPU float
+arithmetic differs between machines, so a retrained teacher would not be the same model); the
+table says which teacher each study used and what it measured either way.
 
 `export` writes both for a finished teacher run (``python -m ablation teacher --export``,
-``make teachers``); `import_teacher` logs a committed teacher into MLflow's ``teachers``
+``make teachers``); `import_teacher` logs an exported teacher into MLflow's ``teachers``
 experiment under its key, after checking the file's SHA-256 against the table.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ablation import tracking
-from ablation.paths import RESULTS
+from ablation.paths import RESULTS, RUNS
 
 TABLE = "teachers.csv"
 METRICS = ("best_val_auc", "best_val_at", "epochs_run", "test_auc", "test_ap", "test_f1")
@@ -39,12 +41,12 @@ def export(run_id: str) -> Path:
     run = MlflowClient().get_run(run_id)
     key = run.data.tags["run_key"]
     cfg, state = tracking.load_checkpoint(run_id)
-    path = RESULTS / "teachers" / f"{key}.pt"
+    path = RUNS / "teachers" / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, path)
     row = {"run_key": key, "run_id": run_id, "fold": cfg.data.fold, "seed": cfg.train.seed,
            **{m: run.data.metrics.get(m) for m in METRICS}, "data_fingerprint": run.data.tags.get("data_fingerprint"),
-           "git_commit": run.data.tags.get("git_commit"), "file": f"teachers/{key}.pt", "sha256": _sha256(path)}
+           "git_commit": run.data.tags.get("git_commit"), "sha256": _sha256(path)}
     table = _table()
     table = pd.concat([table[table["run_key"] != key], pd.DataFrame([row])], ignore_index=True)
     table.sort_values(["fold", "seed"], kind="stable").to_csv(RESULTS / TABLE, index=False, float_format="%.6g")
@@ -52,19 +54,20 @@ def export(run_id: str) -> Path:
 
 
 def import_teacher(key: str, experiment: str) -> str | None:
-    """The run id of a committed teacher with this key, logged into `experiment` now; None if there is none."""
+    """The run id of an exported teacher with this key, logged into `experiment` now; None when the
+    table has no row for it or its checkpoint is not on this machine (the teacher is then trained)."""
     table = _table()
     rows = table[table["run_key"] == key]
-    if rows.empty:
+    path = RUNS / "teachers" / f"{key}.pt"
+    if rows.empty or not path.is_file():
         return None
     row = rows.iloc[-1]
-    path = RESULTS / row["file"]
-    if not path.is_file() or _sha256(path) != row["sha256"]:
-        raise tracking.StoreError(f"{path}: missing or not the file {RESULTS / TABLE} lists for teacher {key} "
-                                  f"(SHA-256 differs); restore it with git checkout or delete its row to retrain")
+    if _sha256(path) != row["sha256"]:
+        raise tracking.StoreError(f"{path}: not the checkpoint {RESULTS / TABLE} lists for teacher {key} "
+                                  f"(SHA-256 differs); remove the file to train the teacher again")
     tags = {"role": "teacher", "run_key": key, "imported_from": str(row["run_id"]),
             "data_fingerprint": str(row["data_fingerprint"]), "git_commit": str(row["git_commit"])}
-    with mlflow.start_run(experiment_id=tracking.experiment_id(experiment), run_name=f"teacher-{key[:8]} (committed)",
+    with mlflow.start_run(experiment_id=tracking.experiment_id(experiment), run_name=f"teacher-{key[:8]} (imported)",
                           tags=tags) as run:
         mlflow.log_metrics({m: float(row[m]) for m in METRICS if pd.notna(row[m])})
         with tempfile.TemporaryDirectory() as tmp:

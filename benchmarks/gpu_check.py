@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train(out: Path, device: str, sets: list[str], experiment: str, timeout: float) -> subprocess.Popen:
+def _train(out: Path, device: str, sets: list[str], experiment: str) -> subprocess.Popen:
     env = {**os.environ, "ABLATION_RUNS": str(out / "runs"), "ABLATION_RESULTS": str(out / "results")}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "ablation", "train", "--device", device, "--experiment", experiment, "--force"]
@@ -59,7 +59,7 @@ class Check:
         self.results: dict[str, dict] = {}
         size = ["data.train_subset=512", "data.val_subset=256"] if tiny else []
         self.student = size + [f"model.ndf={4 if tiny else 8}", f"model.ngf={4 if tiny else 8}", "train.epochs=1"]
-        self.teacher = size + ([f"model.ndf=4", "model.ngf=4"] if tiny else []) + ["train.epochs=1"]
+        self.teacher = size + (["model.ndf=4", "model.ngf=4"] if tiny else []) + ["train.epochs=1"]
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -79,13 +79,13 @@ class Check:
 
     def epochs(self) -> None:
         for name, sets in (("student_epoch", self.student), ("teacher_epoch", self.teacher)):
-            elapsed, codes, tail = _wait([_train(self.out, self.device, sets, name, self.left())], self.left())
+            elapsed, codes, tail = _wait([_train(self.out, self.device, sets, name)], self.left())
             self.record(name, seconds=round(elapsed, 1), ok=codes == [0], tail=tail if codes != [0] else "")
 
     def concurrent(self, n: int = 4) -> None:
         n = 2 if self.tiny else n
-        elapsed, codes, tail = _wait([_train(self.out, self.device, self.student + [f"train.seed={i}"], "concurrent",
-                                             self.left()) for i in range(n)], self.left())
+        elapsed, codes, tail = _wait([_train(self.out, self.device, self.student + [f"train.seed={i}"], "concurrent")
+                                      for i in range(n)], self.left())
         one = self.results.get("student_epoch", {}).get("seconds")
         self.record("concurrent", trials=n, seconds=round(elapsed, 1), ok=all(c == 0 for c in codes),
                     throughput_vs_one=round(n * one / elapsed, 2) if one else None)
@@ -100,7 +100,7 @@ class Check:
         sets = [s for s in self.teacher if not s.startswith("train.epochs")] + [
             f"train.epochs={epochs}", "train.lr=1e-4", "train.lr_schedule=constant"]
         folds = 2 if self.tiny else 5
-        procs = [_train(self.out, self.device, sets + [f"data.fold={k}"], "paper_regime", self.left())
+        procs = [_train(self.out, self.device, sets + [f"data.fold={k}"], "paper_regime")
                  for k in range(folds)]
         elapsed, codes, tail = _wait(procs, self.left())
         self.record("paper_regime", ran=True, epochs=epochs, folds=folds, seconds=round(elapsed, 1),

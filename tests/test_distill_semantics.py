@@ -12,9 +12,6 @@ Synthetic beats (not ECG) unless the test takes the ``mitdb`` fixture.
 """
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 import pytest
 import torch
 

@@ -49,7 +49,7 @@ def test_a_study_name_is_not_a_path(name):
         results.results_path(name)
 
 
-def test_a_committed_teacher_is_found_on_a_fresh_machine_not_retrained(tmp_path, tracking_store, synthetic,
+def test_an_exported_teacher_is_found_on_a_fresh_store_not_retrained(tmp_path, tracking_store, synthetic,
                                                                        monkeypatch):
     import torch
     from ablation import run as run_module, teachers
@@ -75,5 +75,7 @@ def test_a_committed_teacher_is_found_on_a_fresh_machine_not_retrained(tmp_path,
         tracking.setup(f"sqlite:///{tmp_path / 'fresh2.db'}")
         with pytest.raises(tracking.StoreError, match="SHA-256 differs"):
             run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+        path.unlink()  # no checkpoint on this machine: nothing to import, the teacher is trained
+        assert teachers.import_teacher(row["run_key"], "teachers") is None
     finally:
         tracking.setup(old)
