@@ -95,6 +95,32 @@ def test_diverged_trial_fails_with_reason_and_study_goes_on(tmp_path, tracking_s
     assert len(failed) == 1 and "non-finite" in failed[0].data.tags["failure_reason"]
 
 
+def test_a_study_runs_fold_by_fold_into_one_table(tmp_path, tracking_store, synthetic):
+    """`--folds` runs part of a scale; the rest runs later, and nothing is trained twice."""
+    from ablation.study.runner import parent_run, run_study
+    from ablation.study.spec import select_folds
+    spec = load_study(write(tmp_path, {"name": "parts", "base": TINY_BASE, "folds": [0, 1]}))
+    storage = f"journal:{tmp_path / 'journal.log'}"
+    part = select_folds(spec, [1])
+    assert [t.config.data.fold for t in part.trials] == [1]
+    assert list(run_study(part, beats=synthetic, progress=False, storage_url=storage).status) == ["FINISHED"]
+    assert MlflowClient().get_run(parent_run(spec)).info.status == "SCHEDULED"  # fold 0 still to come
+    first = _finished_in("parts")
+    assert len(run_study(spec, beats=synthetic, progress=False, storage_url=storage)) == 2
+    after = _finished_in("parts")
+    assert all(after[k] == v for k, v in first.items()) and len(after) == 2  # fold 1 was not retrained
+    assert MlflowClient().get_run(parent_run(spec)).info.status == "FINISHED"
+    with pytest.raises(ConfigError, match="--folds 3: scale cpu has folds \\[0, 1\\]"):
+        select_folds(spec, [3])
+
+
+def _finished_in(study: str) -> dict[str, list[str]]:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(study)
+    return {r.data.tags["trial_key"]: r.info.run_id
+            for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED' and tags.trial_key != ''")}
+
+
 def _study_cmd(path, runs, mitdb, *extra):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # mlflow exports it
     env["ABLATION_RUNS"] = str(runs)

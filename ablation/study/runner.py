@@ -34,8 +34,15 @@ from ablation.train.loop import pick_device
 SUMMARY_COLUMNS = ["trial", "status", "best_epoch", "best_val_auc", "test_auc", "test_ap", "test_f1", "minutes"]
 
 
-def queue_name(spec: StudySpec) -> str:
+def study_tag(spec: StudySpec) -> str:
+    """Names the study's parent run and its lock: one per (study, scale)."""
     return f"{spec.name}@{spec.scale}"
+
+
+def queue_name(spec: StudySpec) -> str:
+    """The trial queue: one per (study, scale), one more per fold subset run on its own."""
+    folds = f"-folds{'-'.join(map(str, spec.folds_only))}" if spec.folds_only else ""
+    return study_tag(spec) + folds
 
 
 def _runs(experiment: str, filter_string: str) -> list:
@@ -65,7 +72,7 @@ def export_results(spec: StudySpec) -> None:
 
 def parent_run(spec: StudySpec) -> str:
     """The study's parent run, created on the first run and reused on every rerun."""
-    tag = queue_name(spec)
+    tag = study_tag(spec)
     found = _runs(spec.name, f"tags.study_parent = '{tag}'")
     if found:
         return found[0].info.run_id
@@ -78,7 +85,7 @@ def parent_run(spec: StudySpec) -> str:
 @contextmanager
 def study_lock(spec: StudySpec):
     """Yield True when this process is the only runner of the study on this machine."""
-    path = RUNS / "optuna" / f"{queue_name(spec)}.lock"
+    path = RUNS / "optuna" / f"{study_tag(spec)}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         try:
@@ -130,7 +137,8 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
         MlflowClient().set_terminated(parent, "KILLED")
         raise
     complete = finished_keys(spec) >= {t.key for t in spec.trials}
-    MlflowClient().set_terminated(parent, "FINISHED" if complete else "FAILED")
+    # a finished part of a study run fold by fold leaves its parent SCHEDULED: more parts may follow
+    MlflowClient().set_terminated(parent, ("SCHEDULED" if spec.folds_only else "FINISHED") if complete else "FAILED")
     table = summary(spec)
     print(table.to_string(index=False), flush=True)
     print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
@@ -156,6 +164,7 @@ def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent
            "--storage", storage_url or queue.default_storage_url()]
     cmd += ["--mitdb", mitdb] if mitdb else []
     cmd += ["--device", device] if device else []
+    cmd += ["--folds", *map(str, spec.folds_only)] if spec.folds_only else []
     procs = [subprocess.Popen(cmd) for _ in range(workers)]
     for p in procs:  # a worker's failed trials show in the study's summary, and make run_study fail
         p.wait()

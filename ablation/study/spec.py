@@ -16,6 +16,7 @@ of the file.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -49,6 +50,7 @@ class StudySpec:
     scale: str
     trials: list[Trial] = field(default_factory=list)
     search: dict | None = None  # the tuning section, read by ablation.study.tune
+    folds_only: tuple[int, ...] | None = None  # run only these folds of the scale now (`select_folds`)
 
     @property
     def scale_summary(self) -> str:
@@ -57,6 +59,18 @@ class StudySpec:
         seeds = sorted({t.config.train.seed for t in self.trials})
         return (f"scale={self.scale}: epochs={c.train.epochs}, train_subset={c.data.train_subset or 'all'}, "
                 f"folds={folds}, seeds={seeds}, trials={len(self.trials)}")
+
+
+def select_folds(spec: StudySpec, folds: list[int] | None) -> StudySpec:
+    """The part of `spec` on these folds (None: all of it): a study too long for one session or
+    machine runs fold by fold, each part with its own queue, into the same experiment and table."""
+    if folds is None:
+        return spec
+    have = sorted({t.config.data.fold for t in spec.trials})
+    if not folds or set(folds) - set(have):
+        raise ConfigError(f"{spec.path}: --folds {' '.join(map(str, folds))}: scale {spec.scale} has folds {have}")
+    trials = [t for t in spec.trials if t.config.data.fold in folds]
+    return dataclasses.replace(spec, trials=trials, folds_only=tuple(sorted(set(folds))))
 
 
 MAX_TRIALS = 10_000  # above this a study must be confirmed (`--yes`): its trials are expanded one by one
