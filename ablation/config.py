@@ -91,12 +91,15 @@ class TrainConfig:
     time_warp: float = Range(0.0, 1.0, default=0.0, off=0.0)  # share of each batch time-warped (BeatGAN's aug)
     val_per_epoch: int = Range(1, 1000, default=1, off=1)  # validation checks per epoch; the best is kept
     patience: Optional[int] = Range(1, None, default=None, off=None)  # stop after this many checks w/o a best
+    snapshots: int = Range(1, 100, default=1, neutral=True)  # keep this many best checks (snapshot ensemble)
+    snapshot_gap: float = Range(0.0, None, default=1.0, neutral=True)  # kept checks at least this many epochs apart
 
 
-TEACHER_RECIPE = {"epochs": 16, "d_reinit_below": 1e-3, "val_per_epoch": 8, "patience": 24}
+TEACHER_RECIPE = {"epochs": 16, "d_reinit_below": 1e-3, "val_per_epoch": 8, "patience": 24, "snapshots": 5}
 """The best teacher recipe measured (docs/teacher.md): 2e-4 cosine over 16 epochs, D re-initialised
 when its loss falls below 1e-3, eight validation checks per epoch, training ended after three
-epochs (24 checks) without a new best. The teacher of `make teacher` and of every study by default."""
+epochs (24 checks) without a new best. The teacher of `make teacher` and of every study by default.
+It also keeps its five best checks one epoch apart (a snapshot ensemble; neutral: not in the key)."""
 
 
 def teacher_recipe() -> "TrainConfig":

@@ -118,5 +118,5 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
                             "train_wall_seconds": result.seconds,
                             **{f"test_{k}": v for k, v in result.test.items()},
                             **{f"best_val_{k}": v for k, v in result.val.items() if k in ("auc", "ap", "f1")}})
-        tracking.log_outputs(cfg, result.state, result.test_scores, data.test)
+        tracking.log_outputs(cfg, result.state, result.test_scores, data.test, result.snapshots)
         return Outcome(run.info.run_id, result)

@@ -24,6 +24,7 @@ from ablation.paths import PROJECT_ROOT, RUNS
 
 CHECKPOINT = "checkpoint/model.pt"
 SCORES = "scores/test_scores.csv"
+SNAPSHOT = "snapshot-{i}.pt"  # beside CHECKPOINT, one per kept check (train.snapshots)
 PROBE_TIMEOUT_S = 5
 UI_BASE = "http://127.0.0.1:5000"  # `make ui`
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -137,13 +138,19 @@ def log_run_inputs(cfg: RunConfig, tags: dict[str, str]) -> None:
     mlflow.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
 
 
-def log_outputs(cfg: RunConfig, state: dict, test_scores: np.ndarray, test) -> None:
-    """The best checkpoint (state_dicts + config) and, when there is a test set (an `EvalSet`),
-    the per-beat test scores as a CSV table."""
+def log_outputs(cfg: RunConfig, state: dict, test_scores: np.ndarray, test, snapshots: list = ()) -> None:
+    """The best checkpoint (state_dicts + config), the kept `snapshots` (`Snapshot`s, best first:
+    ``checkpoints/snapshot-<i>.pt``, their validation AUC and epoch as metrics at step i) and, when
+    there is a test set (an `EvalSet`), the per-beat test scores as a CSV table."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / Path(CHECKPOINT).name
         torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, ckpt)
         mlflow.log_artifact(str(ckpt), Path(CHECKPOINT).parent.as_posix())
+        for i, snap in enumerate(snapshots):
+            path = Path(tmp) / SNAPSHOT.format(i=i)
+            torch.save({"config": cfg.to_dict(), "G": snap.state["G"], "D": snap.state["D"]}, path)
+            mlflow.log_artifact(str(path), Path(CHECKPOINT).parent.as_posix())
+            mlflow.log_metrics({"snapshot_val_auc": snap.auc, "snapshot_at": snap.at}, step=i)
         if test is not None:
             table = Path(tmp) / Path(SCORES).name
             pd.DataFrame({"score": test_scores, "label": test.y, "cls": test.cls}).to_csv(table, index=False)
@@ -168,6 +175,14 @@ def load_checkpoint(ref: str, device: str | torch.device = "cpu"):
     if not isinstance(blob, dict) or not {"config", "G", "D"} <= set(blob):
         raise StoreError(f"{path}: not a checkpoint of this project (expected a mapping with config, G and D)")
     return from_dict(RunConfig, blob["config"], src=str(path)), {"G": blob["G"], "D": blob["D"]}
+
+
+def snapshot_refs(run_id: str) -> list[str]:
+    """Paths of a run's kept snapshots (best first; empty when it kept none)."""
+    have = {Path(a.path).name for a in MlflowClient().list_artifacts(run_id, Path(CHECKPOINT).parent.as_posix())}
+    names = [SNAPSHOT.format(i=i) for i in range(len(have)) if SNAPSHOT.format(i=i) in have]
+    return [mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{Path(CHECKPOINT).parent}/{n}")
+            for n in names]
 
 
 def load_scores(run_id: str) -> pd.DataFrame:

@@ -20,7 +20,8 @@ from ablation.distill.distiller import Distiller, FeatureTerm, freeze
 from ablation.distill.kd import KD_KINDS
 from ablation.distill.positions import Position
 from ablation.models.beatgan import TAP_NAMES, BeatGAN
-from ablation.train.loop import tap_dict, train
+from ablation.train.loop import train
+from ablation.train.step import tap_dict
 
 STUDENT = {"ndf": 4, "ngf": 4, "nz": 8}
 TEACHER = {"ndf": 8, "ngf": 8, "nz": 16}  # every width differs: connectors and the latent projection are used

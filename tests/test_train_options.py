@@ -75,7 +75,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     base = from_dict(RunConfig, {})
     d = base.to_dict()
     for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d", "val_per_epoch", "d_real_label",
-              "patience"):
+              "patience", "snapshots", "snapshot_gap"):
         d["train"].pop(k)
     import hashlib, json  # the key as computed before these options existed
     old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
@@ -91,6 +91,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     assert run_key(from_dict(RunConfig, {"train": {"d_real_label": 0.9}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"patience": 8}}), "fp") != old
     assert run_key(from_dict(RunConfig, {"train": {"compile": True}}), "fp") == old  # same result, faster
+    assert run_key(from_dict(RunConfig, {"train": {"snapshots": 5}}), "fp") == old  # same training, more kept
 
 
 def _tiny(**train):
@@ -215,3 +216,30 @@ def test_patience_stops_after_the_first_epoch_without_a_new_best(synthetic, sing
     off = from_dict(RunConfig, {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": stop + 2,
                                                              "patience": None}})
     assert len(train(off, data, pick_device("cpu"), progress=False).history) == stop + 2
+
+
+def test_snapshots_keep_the_best_checks_apart_and_the_best_first(synthetic, single_thread):
+    """train.snapshots k keeps the k best checks >= snapshot_gap epochs apart; training and the
+    chosen checkpoint are those of a run that keeps one."""
+    one = train(_tiny(epochs=3, val_per_epoch=4), load_data(_tiny().data, beats=synthetic, progress=False), pick_device("cpu"), progress=False)
+    res = train(_tiny(epochs=3, val_per_epoch=4, snapshots=3, snapshot_gap=0.5), load_data(_tiny().data, beats=synthetic, progress=False),
+                pick_device("cpu"), progress=False)
+    assert res.test == one.test and res.best_at == one.best_at
+    ats = [s.at for s in res.snapshots]
+    aucs = [s.auc for s in res.snapshots]
+    assert len(res.snapshots) == 3 and aucs == sorted(aucs, reverse=True) and aucs[0] == res.val["auc"]
+    assert min(abs(a - b) for i, a in enumerate(ats) for b in ats[i + 1:]) >= 0.5
+    assert all(torch.equal(res.snapshots[0].state["G"][k], res.state["G"][k]) for k in res.state["G"])
+    assert one.snapshots == []
+
+
+def test_checkpoints_replace_a_near_check_only_when_better():
+    from ablation.train.checkpoints import Checkpoints
+    G, D = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    kept = Checkpoints(keep=2, gap=1.0)
+    for auc, at in [(0.80, 0.5), (0.85, 0.75), (0.70, 2.0), (0.82, 1.5), (0.90, 3.5), (0.60, 3.6)]:
+        kept.offer({"auc": auc}, int(at), at, G, D)
+    # 0.85 replaced 0.80 (0.25 apart); 0.82 at 1.5 is 0.75 from 0.85: not better, dropped;
+    # 0.70 kept until 0.90 came; 0.60 near 0.90 and worse: dropped
+    assert [(s.auc, s.at) for s in kept.snapshots] == [(0.90, 3.5), (0.85, 0.75)]
+    assert kept.best.auc == 0.90 and kept.stale == 1
