@@ -235,6 +235,36 @@ def cmd_rescore(args) -> None:
         print(f"wrote {args.csv}")
 
 
+def cmd_ensemble(args) -> None:
+    """Test AUC of an ensemble of trained models (mean of their scores standardised on validation
+    normals) for K = 1..n members in the order given: see ablation.train.ensemble."""
+    import pandas as pd
+
+    from ablation import tracking
+    from ablation.data.dataset import load_data
+    from ablation.run import load_model
+    from ablation.train.ensemble import curve, member
+    from ablation.train.loop import pick_device
+    _threads(args.threads)
+    tracking.setup(args.tracking_uri)
+    device = pick_device(args.device or "auto")
+    refs = [(f"{r}:{i}", p) for r in args.models for i, p in enumerate(tracking.snapshot_refs(r))] \
+        if args.snapshots else [(r, r) for r in args.models]
+    if not refs:
+        raise ValueError(f"none of {' '.join(args.models)} kept snapshots (train.snapshots > 1)")
+    loaded = [(name, *tracking.load_checkpoint(p, device)) for name, p in refs]
+    folds = {(c.data.fold, c.data.split, c.data.nc) for _, c, _ in loaded}
+    if len(folds) > 1:
+        raise ValueError(f"ensemble members must share one fold, split and nc; got {sorted(folds)}")
+    data = load_data(loaded[0][1].data, args.mitdb, progress=False)
+    members = [member(name, load_model(c, st, device), data) for name, c, st in loaded]
+    table = pd.DataFrame(curve(members, data)).assign(fold=loaded[0][1].data.fold)
+    print(table.drop(columns="members").to_string(index=False, float_format="%.4f"))
+    if args.csv:
+        table.to_csv(args.csv, index=False, float_format="%.6g")
+        print(f"wrote {args.csv}")
+
+
 def cmd_history(args) -> None:
     """Per-epoch metrics of MLflow runs (learning curves) as one CSV table."""
     import pandas as pd
@@ -338,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("models", nargs="+", help="MLflow run ids or checkpoint paths")
     rs.add_argument("--csv", help="also write the table to this CSV file")
     rs.set_defaults(func=cmd_rescore)
+
+    en = sub.add_parser("ensemble", help=cmd_ensemble.__doc__.split(" (")[0], description=cmd_ensemble.__doc__)
+    common(en, config=False)
+    en.add_argument("models", nargs="+", help="MLflow run ids or checkpoint paths, one fold")
+    en.add_argument("--snapshots", action="store_true", help="the members are the snapshots the runs kept")
+    en.add_argument("--csv", help="also write the table to this CSV file")
+    en.set_defaults(func=cmd_ensemble)
 
     h = sub.add_parser("history", help=cmd_history.__doc__, description=cmd_history.__doc__)
     h.add_argument("runs", nargs="+", help="MLflow run ids")

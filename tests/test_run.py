@@ -169,3 +169,39 @@ def test_rescore_at_weight_zero_is_the_runs_own_auc_and_the_weight_is_chosen_on_
     assert res["test_auc_plain"] == pytest.approx(out.result.test["auc"], abs=1e-6)  # a monotone map of the MSE
     assert res["val_auc_chosen"] == max(res[f"val_auc_w{w:g}"] for w in WEIGHTS) and res["weight"] in WEIGHTS
     assert res["val_auc_w4"] != res["val_auc_w0"]  # the feature residual changes the ranking
+
+
+def test_snapshot_ensemble_of_one_is_the_run_itself(tracking_store, synthetic):
+    """A run with train.snapshots keeps them in MLflow, best first; K = 1 is the run's own test AUC."""
+    from ablation.data.dataset import load_data
+    from ablation.run import load_model
+    from ablation.train.ensemble import curve, member
+    cfg = from_dict(RunConfig, {**TINY, "train": {"epochs": 3, "device": "cpu", "val_per_epoch": 2,
+                                                  "snapshots": 3, "snapshot_gap": 0.5}})
+    out = execute(cfg, beats=synthetic, progress=False)
+    refs = tracking.snapshot_refs(out.run_id)
+    assert len(refs) == 3
+    hist = MlflowClient().get_metric_history(out.run_id, "snapshot_val_auc")
+    assert sorted(h.step for h in hist) == [0, 1, 2] and hist[0].value == pytest.approx(out.result.val["auc"])
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    members = [member(str(i), load_model(*tracking.load_checkpoint(p), torch.device("cpu")), data)
+               for i, p in enumerate(refs)]
+    rows = curve(members, data)
+    assert [r["k"] for r in rows] == [1, 2, 3] and rows[2]["members"] == "0 1 2"
+    assert rows[0]["test_auc"] == pytest.approx(out.result.test["auc"], abs=1e-6)
+    normals = members[0].val[data.val.y == 0]  # standardised on the validation normals
+    assert abs(normals.mean()) < 1e-9 and normals.std() == pytest.approx(1.0)
+
+
+def test_ensemble_averages_standardised_scores():
+    """Two noisy (standardised) members: their average ranks better than either alone."""
+    from types import SimpleNamespace
+    from ablation.train.ensemble import Member, curve
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(400), np.ones(100)].astype(int)
+    data = SimpleNamespace(val=SimpleNamespace(y=y), test=SimpleNamespace(y=y))
+    a, b = y + rng.normal(0, 1, (2, len(y)))
+    rows = curve([Member("a", a, a), Member("b", b, b)], data)
+    assert rows[1]["test_auc"] > rows[0]["test_auc"] + 0.02
+    from sklearn.metrics import roc_auc_score
+    assert rows[1]["test_auc"] == pytest.approx(roc_auc_score(y, a + b))  # the plain mean
