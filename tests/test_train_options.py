@@ -1,6 +1,5 @@
 """Training options: Polyak/EMA averaging of G (train.ema), the wall-clock budget (train.max_minutes),
 validation within epochs (train.val_per_epoch), precision, compilation, time warp, D's learning rate."""
-import copy
 import math
 
 import pytest

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ablation.registry import Registry
 
 Feature = Union[Tensor, tuple[Tensor, ...]]
 Channels = Union[int, tuple[int, ...]]
@@ -30,30 +32,14 @@ HEO_LOSS_SCALE = 1000.0
 BN_MARGIN_TAIL = 0.001
 """bn_margin uses the truncated-normal mean only while P(x < 0) exceeds this; else -3 s."""
 
-DISTANCES: dict[str, type[Distance]] = {}
-
-_D = TypeVar("_D", bound="type[Distance]")
-
-
-def register_distance(name: str) -> Callable[[_D], _D]:
-    """Class decorator: register a `Distance` subclass under ``name`` in `DISTANCES`."""
-
-    def register(cls: _D) -> _D:
-        if name in DISTANCES:
-            raise ValueError(f"distance {name!r} is already registered by {DISTANCES[name].__name__}")
-        cls.name = name
-        DISTANCES[name] = cls
-        return cls
-
-    return register
+DISTANCES: Registry[type["Distance"]] = Registry("distance")
+register_distance = DISTANCES.register
 
 
 def build_distance(name: str, s_channels: Channels, t_channels: Channels,
                    teacher_bn: nn.BatchNorm1d | None = None, **params: Any) -> Distance:
     """Instantiate the distance registered as ``name``; ValueError lists the registered names."""
-    if name not in DISTANCES:
-        raise ValueError(f"unknown distance {name!r}; registered distances: {', '.join(sorted(DISTANCES))}")
-    return DISTANCES[name](s_channels, t_channels, teacher_bn=teacher_bn, **params)
+    return DISTANCES.get(name)(s_channels, t_channels, teacher_bn=teacher_bn, **params)
 
 
 def _detach(f: Feature) -> Feature:

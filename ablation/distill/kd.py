@@ -11,24 +11,17 @@ multiplied by T^2 so that their gradient scale does not shrink with T.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-KD_KINDS: dict[str, type["KD"]] = {}
+from ablation.registry import Registry
+
+KD_KINDS: Registry[type["KD"]] = Registry("KD kind")
+register_kd = KD_KINDS.register
 EPS = 1e-12
-
-
-def register_kd(name: str) -> Callable[[type["KD"]], type["KD"]]:
-    def register(cls: type[KD]) -> type[KD]:
-        if name in KD_KINDS:
-            raise ValueError(f"KD kind {name!r} is already registered")
-        cls.name = name
-        KD_KINDS[name] = cls
-        return cls
-    return register
 
 
 @dataclass
