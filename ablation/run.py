@@ -7,7 +7,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
-import mlflow
 import torch
 
 from ablation import teachers, tracking
@@ -97,26 +96,19 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
                      "compression_ratio": f"{n_t / n_s:.3f}"})
     tags["params_G"], tags["params_D"] = (str(v) for v in student.n_params().values())
 
-    with mlflow.start_run(experiment_id=tracking.experiment_id(experiment), parent_run_id=parent_run_id,
-                          run_name=run_name or f"{cfg.role}-{key[:8]}") as run:
-        tracking.log_run_inputs(cfg, tags)
+    with tracking.training_run(experiment, cfg, tags, parent_run_id, run_name or f"{cfg.role}-{key[:8]}") as run_id:
         if terms is not None and (fitted := terms.prepare_report()):
-            mlflow.log_metrics({f"prepare.{k}": v for k, v in fitted.items()})
-        try:
-            def log_epoch(epoch: int, row: dict[str, float]) -> None:
-                mlflow.log_metrics(row, step=epoch)
-                if on_epoch:
-                    on_epoch(epoch, row)
+            tracking.log_metrics({f"prepare.{k}": v for k, v in fitted.items()})
 
-            result = train(cfg, data, device, terms, progress=progress, model=student, on_epoch=log_epoch)
-        except BaseException as e:  # the run ends FAILED (an error) or KILLED (SIGINT, SIGTERM), with its reason
-            mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}".strip(": "))
-            mlflow.end_run("KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED")
-            raise
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_at": result.best_at,
-                            "epochs_run": len(result.history),
-                            "train_wall_seconds": result.seconds,
-                            **{f"test_{k}": v for k, v in result.test.items()},
-                            **{f"best_val_{k}": v for k, v in result.val.items() if k in ("auc", "ap", "f1")}})
+        def log_epoch(epoch: int, row: dict[str, float]) -> None:
+            tracking.log_metrics(row, step=epoch)
+            if on_epoch:
+                on_epoch(epoch, row)
+
+        result = train(cfg, data, device, terms, progress=progress, model=student, on_epoch=log_epoch)
+        tracking.log_metrics({"best_epoch": result.best_epoch, "best_val_at": result.best_at,
+                              "epochs_run": len(result.history), "train_wall_seconds": result.seconds,
+                              **{f"test_{k}": v for k, v in result.test.items()},
+                              **{f"best_val_{k}": v for k, v in result.val.items() if k in ("auc", "ap", "f1")}})
         tracking.log_outputs(cfg, result.state, result.test_scores, data.test, result.snapshots)
-        return Outcome(run.info.run_id, result)
+        return Outcome(run_id, result)

@@ -12,13 +12,10 @@ experiment under its key, after checking the file's SHA-256 against the table.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import torch
-from mlflow.tracking import MlflowClient
 
 from ablation import tracking
 from ablation.paths import RESULTS, RUNS
@@ -38,7 +35,7 @@ def _sha256(path: Path) -> str:
 
 def export(run_id: str) -> Path:
     """Write the teacher run's checkpoint and its row (key, fold, seed, metrics, file hash)."""
-    run = MlflowClient().get_run(run_id)
+    run = tracking.get_run(run_id)
     key = run.data.tags["run_key"]
     cfg, state = tracking.load_checkpoint(run_id)
     path = RUNS / "teachers" / f"{key}.pt"
@@ -67,11 +64,5 @@ def import_teacher(key: str, experiment: str) -> str | None:
                                   f"(SHA-256 differs); remove the file to train the teacher again")
     tags = {"role": "teacher", "run_key": key, "imported_from": str(row["run_id"]),
             "data_fingerprint": str(row["data_fingerprint"]), "git_commit": str(row["git_commit"])}
-    with mlflow.start_run(experiment_id=tracking.experiment_id(experiment), run_name=f"teacher-{key[:8]} (imported)",
-                          tags=tags) as run:
-        mlflow.log_metrics({m: float(row[m]) for m in METRICS if pd.notna(row[m])})
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = Path(tmp) / Path(tracking.CHECKPOINT).name
-            ckpt.write_bytes(path.read_bytes())
-            mlflow.log_artifact(str(ckpt), Path(tracking.CHECKPOINT).parent.as_posix())
-        return run.info.run_id
+    return tracking.log_imported(experiment, f"teacher-{key[:8]} (imported)", tags,
+                                 {m: float(row[m]) for m in METRICS if pd.notna(row[m])}, path)

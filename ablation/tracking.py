@@ -1,4 +1,5 @@
 """MLflow plumbing: where runs are stored, what a run records, and finding a run again by its key.
+Every MLflow call of the project is here; training, studies and reports call these functions.
 
 Default store: SQLite at ``runs/mlflow.db`` with artifacts under ``runs/mlartifacts`` (MLflow 3's
 file store is deprecated). ``MLFLOW_TRACKING_URI`` or ``--tracking-uri`` point at a server instead.
@@ -130,6 +131,89 @@ def find_finished(exp_name: str, run_key: str) -> str | None:
     runs = client.search_runs([exp.experiment_id], f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'",
                               max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and updating runs (studies, reports, teachers)
+# ----------------------------------------------------------------------------------------------
+def current_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def experiment(name: str):
+    """The MLflow experiment `name`, or None."""
+    return MlflowClient().get_experiment_by_name(name)
+
+
+def search(experiment_name: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
+    """Every run of the experiment matching `filter_string` (all pages); [] when it does not exist."""
+    exp = experiment(experiment_name)
+    if exp is None:
+        return []
+    client, out, token = MlflowClient(), [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string, max_results=1000, order_by=order_by,
+                                  page_token=token)
+        out += list(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def get_run(run_id: str):
+    return MlflowClient().get_run(run_id)
+
+
+def metric_history(run_id: str, key: str) -> list:
+    """The logged values of one metric (``.step``, ``.value``)."""
+    return MlflowClient().get_metric_history(run_id, key)
+
+
+def create_run(experiment_name: str, run_name: str, tags: dict[str, str]) -> str:
+    """A run left open (a study's parent); returns its id."""
+    return MlflowClient().create_run(experiment_id(experiment_name), run_name=run_name, tags=tags).info.run_id
+
+
+def set_status(run_id: str, status: str) -> None:
+    """End a run with `status`: FINISHED, FAILED, KILLED or SCHEDULED."""
+    MlflowClient().set_terminated(run_id, status)
+
+
+def set_tag(run_id: str, key: str, value: str) -> None:
+    MlflowClient().set_tag(run_id, key, value)
+
+
+@contextmanager
+def training_run(experiment_name: str, cfg: RunConfig, tags: dict[str, str], parent_run_id: str | None = None,
+                 run_name: str | None = None):
+    """An active run with `cfg`'s params, config.yaml and `tags`; yields its id. An exception inside
+    ends it FAILED (KILLED on SIGINT / SIGTERM) with the reason as the ``failure_reason`` tag."""
+    with mlflow.start_run(experiment_id=experiment_id(experiment_name), parent_run_id=parent_run_id,
+                          run_name=run_name) as run:
+        log_run_inputs(cfg, tags)
+        try:
+            yield run.info.run_id
+        except BaseException as e:
+            mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}".strip(": "))
+            mlflow.end_run("KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED")
+            raise
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Metrics of the active run (`training_run`)."""
+    mlflow.log_metrics(metrics, step=step)
+
+
+def log_imported(experiment_name: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
+                 checkpoint: Path) -> str:
+    """A finished run holding a checkpoint file trained elsewhere (an exported teacher); returns its id."""
+    with mlflow.start_run(experiment_id=experiment_id(experiment_name), run_name=run_name, tags=tags) as run:
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = Path(tmp) / Path(CHECKPOINT).name
+            ckpt.write_bytes(checkpoint.read_bytes())
+            mlflow.log_artifact(str(ckpt), Path(CHECKPOINT).parent.as_posix())
+        return run.info.run_id
 
 
 def log_run_inputs(cfg: RunConfig, tags: dict[str, str]) -> None:

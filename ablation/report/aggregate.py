@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ablation import tracking
+
 METRICS = ("test_auc", "test_ap", "test_f1")
 METRIC_LABELS = {"test_auc": "test AUC", "test_ap": "test AP", "test_f1": "best test F1"}
 CLASS_METRICS = ("test_auc_S", "test_auc_V", "test_auc_F", "test_auc_Q")
@@ -454,33 +456,23 @@ def header_info(runs: pd.DataFrame, scale: str | None = None, description: str =
 # ----------------------------------------------------------------------------------------------
 # Reading a study from MLflow
 # ----------------------------------------------------------------------------------------------
-def _search(client, experiment_id: str, filter_string: str) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
-        out += list(page)
-        token = page.token
-        if not token:
-            return out
-
-
-def fetch_history(client, runs: pd.DataFrame) -> pd.DataFrame:
+def fetch_history(runs: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch val_auc, val_ap and loss_* of every run: columns run_id, variant, metric, step, value."""
     rows = []
     for _, r in runs.iterrows():
         keys = [c for c in runs.columns if (c in HISTORY_METRICS or c.startswith("loss_")) and pd.notna(r[c])]
         for key in keys:
-            for m in client.get_metric_history(r["run_id"], key):
+            for m in tracking.metric_history(r["run_id"], key):
                 rows.append((r["run_id"], r["variant"], key, int(m.step), float(m.value)))
     return pd.DataFrame(rows, columns=["run_id", "variant", "metric", "step", "value"])
 
 
-def fetch_teachers(client, runs: pd.DataFrame) -> pd.DataFrame:
+def fetch_teachers(runs: pd.DataFrame) -> pd.DataFrame:
     """The teacher runs the students name (``teacher_run_id``): run_id, fold, n_params and test metrics."""
     ids = list(pd.unique(runs["teacher_run_id"].dropna())) if "teacher_run_id" in runs else []
     if not ids:
         return empty_teachers()
-    frame = runs_frame([client.get_run(i) for i in ids])
+    frame = runs_frame([tracking.get_run(i) for i in ids])
     sizes = runs.groupby("teacher_run_id")["teacher_params"].median()
     frame["n_params"] = pd.Series([sizes.get(i, math.nan) for i in frame["run_id"]]).fillna(frame["n_params"])
     for m in METRICS:
@@ -519,7 +511,7 @@ def _quiet_downloads():
 def fetch_curves(runs: pd.DataFrame, summary: pd.DataFrame, baseline: str, teachers: pd.DataFrame,
                  notes: list[str], k: int = 3) -> list[ScoreSet]:
     """Stored per-beat scores of the top-k variants' and the baseline's representative runs and their teachers."""
-    from ablation.tracking import load_scores as _load
+    _load = tracking.load_scores
 
     def load_scores(run_id: str) -> pd.DataFrame:
         with _quiet_downloads():
@@ -562,20 +554,15 @@ def _with_committed(raw: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([raw, extra], ignore_index=True) if len(raw) else extra.reset_index(drop=True)
 
 
-def collect(study: str, baseline: str | None = None, scale: str | None = None, optuna_study: Any = None,
-            client=None) -> ReportData:
+def collect(study: str, baseline: str | None = None, scale: str | None = None,
+            optuna_study: Any = None) -> ReportData:
     """Read study `study` from the current MLflow tracking store, and from its committed results table
     (``results/<study>.csv``) for the trials MLflow does not have, into a ReportData."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from ablation import tracking
     from ablation.study import results
-    client = client or MlflowClient()
-    exp = client.get_experiment_by_name(study)
-    uri = mlflow.get_tracking_uri()
+    exp = tracking.experiment(study)
+    uri = tracking.current_uri()
     committed = results.load(study)
-    raw = runs_frame(_search(client, exp.experiment_id, "tags.trial_key != ''")) if exp is not None else pd.DataFrame()
+    raw = runs_frame(tracking.search(study, "tags.trial_key != ''")) if exp is not None else pd.DataFrame()
     if raw.empty and committed.empty:
         where = f"no MLflow experiment {study!r}" if exp is None else f"experiment {study!r} has no study runs"
         raise LookupError(f"{where} in {uri} and no {results.results_path(study)}; "
@@ -604,17 +591,17 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None, o
         notes.append(f"left out: {counts['superseded']} runs of an older version of a trial (same variant, "
                      "fold and seed, different config)")
     tracked = runs[runs["source"] == "mlflow"]
-    teachers = fetch_teachers(client, tracked)
+    teachers = fetch_teachers(tracked)
     runs = pd.concat([attach_teachers(tracked, teachers), runs[runs["source"] != "mlflow"]], ignore_index=True)
     summary = summarize(runs, baseline)
     base = summary.attrs["baseline"]
-    parents = _search(client, exp.experiment_id, "tags.study_parent != ''") if exp is not None else []
+    parents = tracking.search(study, "tags.study_parent != ''")
     parents = [p for p in parents if p.data.tags.get("scale") in (scale, None)] or parents
     description = parents[0].data.tags.get("mlflow.note.content", "") if parents else ""
     data = ReportData(study=study, runs=runs, summary=summary, baseline=base,
                       header=header_info(runs, scale, description, teachers, uri,
                                          tracking.ui_link(study) if exp is not None else None),
-                      history=fetch_history(client, tracked), teachers=teachers, notes=notes,
+                      history=fetch_history(tracked), teachers=teachers, notes=notes,
                       optuna_study=optuna_study)
     data.curves = fetch_curves(runs, summary, base, teachers, notes)
     return data

@@ -15,10 +15,8 @@ import sys
 import time
 from contextlib import contextmanager
 
-import mlflow
 import pandas as pd
 import torch
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ablation import tracking
@@ -45,18 +43,10 @@ def queue_name(spec: StudySpec) -> str:
     return study_tag(spec) + folds
 
 
-def _runs(experiment: str, filter_string: str) -> list:
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return client.search_runs([exp.experiment_id], filter_string, max_results=50_000)
-
-
 def finished_keys(spec: StudySpec) -> set[str]:
     """Trial keys with a FINISHED run in MLflow or a row in the committed results table."""
     mlflow_keys = {r.data.tags["trial_key"]
-                   for r in _runs(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")}
+                   for r in tracking.search(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")}
     return mlflow_keys | results.finished_keys(spec.name, spec.scale)
 
 
@@ -64,22 +54,21 @@ def export_results(spec: StudySpec) -> None:
     """Rewrite ``results/<study>.csv`` from MLflow's finished runs of the study (rows of other
     machines kept): the per-run table that is committed."""
     from ablation.report.aggregate import attach_teachers, fetch_teachers, keep_latest, runs_frame
-    runs, _ = keep_latest(runs_frame(_runs(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")))
+    runs, _ = keep_latest(runs_frame(tracking.search(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")))
     if runs.empty:
         return
-    results.write(spec.name, attach_teachers(runs, fetch_teachers(MlflowClient(), runs)))
+    results.write(spec.name, attach_teachers(runs, fetch_teachers(runs)))
 
 
 def parent_run(spec: StudySpec) -> str:
     """The study's parent run, created on the first run and reused on every rerun."""
     tag = study_tag(spec)
-    found = _runs(spec.name, f"tags.study_parent = '{tag}'")
+    found = tracking.search(spec.name, f"tags.study_parent = '{tag}'")
     if found:
         return found[0].info.run_id
-    run = MlflowClient().create_run(tracking.experiment_id(spec.name), run_name=f"study {tag}",
-                                    tags={"study_parent": tag, "study": spec.name, "scale": spec.scale,
-                                          "mlflow.note.content": f"{spec.description}\n{spec.scale_summary}"})
-    return run.info.run_id
+    return tracking.create_run(spec.name, f"study {tag}",
+                               {"study_parent": tag, "study": spec.name, "scale": spec.scale,
+                                "mlflow.note.content": f"{spec.description}\n{spec.scale_summary}"})
 
 
 @contextmanager
@@ -134,11 +123,11 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
             else:
                 spawn_workers(spec, workers, storage_url, parent, mitdb, device)
     except BaseException:
-        MlflowClient().set_terminated(parent, "KILLED")
+        tracking.set_status(parent, "KILLED")
         raise
     complete = finished_keys(spec) >= {t.key for t in spec.trials}
     # a finished part of a study run fold by fold leaves its parent SCHEDULED: more parts may follow
-    MlflowClient().set_terminated(parent, ("SCHEDULED" if spec.folds_only else "FINISHED") if complete else "FAILED")
+    tracking.set_status(parent, ("SCHEDULED" if spec.folds_only else "FINISHED") if complete else "FAILED")
     table = summary(spec)
     print(table.to_string(index=False), flush=True)
     print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
@@ -160,7 +149,7 @@ def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent
     """Start `workers` worker processes on this machine, each with its share of the cores."""
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     cmd = [sys.executable, "-m", "ablation", "worker", str(spec.path), "--scale", spec.scale,
-           "--parent-run-id", parent, "--threads", str(threads), "--tracking-uri", mlflow.get_tracking_uri(),
+           "--parent-run-id", parent, "--threads", str(threads), "--tracking-uri", tracking.current_uri(),
            "--storage", storage_url or queue.default_storage_url()]
     cmd += ["--mitdb", mitdb] if mitdb else []
     cmd += ["--device", device] if device else []
@@ -186,8 +175,8 @@ def _claim(study) -> tuple[object, str] | None:
 
 def _kill_stale_runs(spec: StudySpec, key: str) -> None:
     """A RUNNING MLflow run of a trial we now hold belonged to a worker that died."""
-    for r in _runs(spec.name, f"attributes.status = 'RUNNING' and tags.trial_key = '{key}'"):
-        MlflowClient().set_terminated(r.info.run_id, "KILLED")
+    for r in tracking.search(spec.name, f"attributes.status = 'RUNNING' and tags.trial_key = '{key}'"):
+        tracking.set_status(r.info.run_id, "KILLED")
 
 
 def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, beats: Beats | None = None,
@@ -226,7 +215,7 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
         except BaseException:
             study.tell(ot, state=TrialState.FAIL)
             raise
-        value = MlflowClient().get_run(out.run_id).data.metrics.get("best_val_auc")
+        value = tracking.get_run(out.run_id).data.metrics.get("best_val_auc")
         study.tell(ot, value)
         export_results(spec)
         done += 1
@@ -237,7 +226,7 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
 def summary(spec: StudySpec) -> pd.DataFrame:
     """One row per trial of the study file: its latest run's status and metrics."""
     latest: dict[str, object] = {}
-    for r in sorted(_runs(spec.name, "tags.trial_key != ''"), key=lambda r: r.info.start_time):
+    for r in sorted(tracking.search(spec.name, "tags.trial_key != ''"), key=lambda r: r.info.start_time):
         k = r.data.tags["trial_key"]
         if k not in latest or latest[k].info.status != "FINISHED":
             latest[k] = r

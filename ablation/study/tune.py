@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 import optuna
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from ablation import tracking
 from ablation.config import ConfigError, Range, RunConfig, from_dict, set_dotted
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats
@@ -169,7 +169,6 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
         defaults = {k: _dotted_get(base, k) for k in search.params if k not in values}
         study.enqueue_trial({**defaults, **values}, user_attrs={"baseline": b.name}, skip_if_exists=True)
     parent = parent_run(spec)
-    client = MlflowClient()
 
     def objective(trial: optuna.Trial) -> float:
         values = {k: _suggest(trial, k, p) for k, p in search.params.items()}
@@ -187,12 +186,12 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
             out = execute(cfg, data=data, device=device, experiment=spec.name, parent_run_id=parent,
                           extra_tags=tags, progress=progress, skip_finished=False, on_epoch=report)
         except optuna.TrialPruned:
-            _mark_last(client, spec.name, trial.number, "PRUNED")
+            _mark_last(spec.name, trial.number, "PRUNED")
             raise
         except Diverged:
-            _mark_last(client, spec.name, trial.number, "FAIL")
+            _mark_last(spec.name, trial.number, "FAIL")
             raise
-        client.set_tag(out.run_id, "optuna_state", "COMPLETE")
+        tracking.set_tag(out.run_id, "optuna_state", "COMPLETE")
         return out.result.val["auc"]
 
     timeout = search.timeout_minutes * 60 if search.timeout_minutes else None
@@ -202,10 +201,10 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
                            callbacks=[optuna.study.MaxTrialsCallback(search.n_trials, states=None),
                                       TargetReached(search.target)])
         except BaseException:
-            client.set_terminated(parent, "KILLED")  # interrupted: a rerun resumes the same search
+            tracking.set_status(parent, "KILLED")  # interrupted: a rerun resumes the same search
             raise
     tag_best(study, spec)
-    client.set_terminated(parent, "FINISHED")
+    tracking.set_status(parent, "FINISHED")
     return study
 
 
@@ -241,24 +240,21 @@ def _dotted_get(d: dict, dotted: str) -> Any:
     return d
 
 
-def _mark_last(client: MlflowClient, experiment: str, number: int, state: str) -> None:
+def _mark_last(experiment: str, number: int, state: str) -> None:
     """Tag the MLflow run of Optuna trial `number` with its final Optuna state."""
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.search = '1' and tags.optuna_trial = '{number}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = tracking.search(experiment, f"tags.search = '1' and tags.optuna_trial = '{number}'",
+                           order_by=["attributes.start_time DESC"])
     if runs:
-        client.set_tag(runs[0].info.run_id, "optuna_state", state)
+        tracking.set_tag(runs[0].info.run_id, "optuna_state", state)
 
 
 def tag_best(study: optuna.Study, spec: StudySpec) -> None:
     """Tag the MLflow run of the study's best trial (and untag the others)."""
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(spec.name)
-    if exp is None or not study.get_trials(states=(TrialState.COMPLETE,)):
+    if tracking.experiment(spec.name) is None or not study.get_trials(states=(TrialState.COMPLETE,)):
         return
     best = str(study.best_trial.number)
-    for r in client.search_runs([exp.experiment_id], "tags.search = '1'"):
-        client.set_tag(r.info.run_id, "best_trial", str(r.data.tags.get("optuna_trial") == best).lower())
+    for r in tracking.search(spec.name, "tags.search = '1'"):
+        tracking.set_tag(r.info.run_id, "best_trial", str(r.data.tags.get("optuna_trial") == best).lower())
 
 
 
