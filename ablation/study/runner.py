@@ -186,6 +186,7 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
     storage = queue.open_storage(storage_url)
     study = queue.open_study(queue_name(spec), storage)
     by_key: dict[str, Trial] = {t.key: t for t in spec.trials}
+    position = {t.key: i + 1 for i, t in enumerate(spec.trials)}  # within a part run with --folds too
     n = len(spec.trials)
     done = 0
     while (claimed := _claim(study)) is not None:
@@ -194,7 +195,7 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
         if trial is None:  # queued by another version of the study file
             study.tell(ot, state=TrialState.FAIL)
             continue
-        label = f"[{trial.index + 1}/{n}] {trial.name} fold={trial.axes['fold']} seed={trial.axes['seed']}"
+        label = f"[{position[key]}/{n}] {trial.name} fold={trial.axes['fold']} seed={trial.axes['seed']}"
         print(f"{label}: start (pid {os.getpid()})", flush=True)
         _kill_stale_runs(spec, key)
         tags = {"trial_key": key, "study": spec.name, "scale": spec.scale, "trial_name": trial.name,
