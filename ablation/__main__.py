@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
+from ablation.paths import DASHBOARDS
 
 
 def _positive_int(text: str) -> int:
@@ -91,33 +92,12 @@ def cmd_train(args, teacher_only: bool = False) -> None:
 
 def cmd_score(args) -> None:
     """Anomaly scores of raw beats (n, channels, 320) in a .npy file, with a trained model."""
-    import torch
-
     from ablation import tracking
-    from ablation.data.mitdb import minmax
-    from ablation.run import load_model
-    from ablation.train.evaluate import scores
+    from ablation.run import score_file
     from ablation.train.loop import pick_device
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
-    device = pick_device(args.device or "auto")
-    cfg, state = tracking.load_checkpoint(args.model, device)
-    try:
-        beats = np.load(args.input, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{args.input}: not a numpy .npy array of beats ({' '.join(str(e).split())[:120]})") from e
-    nc = cfg.data.nc
-    if not isinstance(beats, np.ndarray) or beats.ndim != 3 or beats.shape[2] != 320 or beats.shape[1] < nc:
-        raise ValueError(f"{args.input}: expected raw beats shaped (n, channels>={nc}, 320), "
-                         f"got {getattr(beats, 'shape', type(beats).__name__)}")
-    if not np.issubdtype(beats.dtype, np.number):
-        raise ValueError(f"{args.input}: beats must be numbers, got dtype {beats.dtype}")
-    bad = ~np.isfinite(beats[:, :nc]).all(axis=(1, 2))
-    if bad.any():
-        raise ValueError(f"{args.input}: {int(bad.sum())} of {len(beats)} beats hold NaN or inf "
-                         f"(first: beat {int(np.flatnonzero(bad)[0])}); remove or repair them")
-    x = torch.from_numpy(minmax(beats[:, :nc].astype(np.float64))).to(device)
-    s = scores(load_model(cfg, state, device).G, x, args.batch_size)
+    s = score_file(args.model, args.input, pick_device(args.device or "auto"), args.batch_size)
     np.save(args.output, s)
     print(f"wrote {len(s)} scores to {args.output}")
 
@@ -185,28 +165,14 @@ def cmd_worker(args) -> None:
 def cmd_tune(args) -> None:
     """Search a study's `search` space with Optuna on validation AUC, then (--confirm) retrain the
     best and the untuned config on every fold and seed and report test AUC with a paired test."""
-    import optuna
-
     from ablation import tracking
-    from ablation.study import queue
-    from ablation.study.runner import run_study
     from ablation.study.spec import load_study
-    from ablation.study.tune import confirm_spec, format_summary, run_search, search_summary, tune_name
+    from ablation.study.tune import tune
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
-    spec = load_study(args.name, args.scale)
-    if not args.confirm_only:
-        print(format_summary(search_summary(run_search(spec, args.storage, mitdb=args.mitdb, device=args.device))))
-    if args.confirm or args.confirm_only:
-        try:
-            study = optuna.load_study(study_name=tune_name(spec), storage=queue.open_storage(args.storage))
-        except KeyError as e:
-            raise LookupError(f"no search {tune_name(spec)!r} in the Optuna storage to confirm; "
-                              f"run `python -m ablation tune {args.name}` first") from e
-        conf = confirm_spec(spec, study, args.folds, args.seeds)
-        run_study(conf, storage_url=args.storage, mitdb=args.mitdb, device=args.device)
-        from ablation.report import build_report
-        print(f"report: {build_report(conf.name, Path(args.out), baseline='untuned')}")
+    tune(load_study(args.name, args.scale), args.storage, search=not args.confirm_only,
+         confirm=args.confirm or args.confirm_only, folds=args.folds, seeds=args.seeds, out=Path(args.out),
+         mitdb=args.mitdb, device=args.device)
 
 
 def cmd_rescore(args) -> None:
@@ -351,13 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--confirm-only", action="store_true", help="skip the search; confirm its best trial")
     tu.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="confirmation folds")
     tu.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="confirmation seeds")
-    tu.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "dashboards"),
+    tu.add_argument("--out", default=str(DASHBOARDS),
                     help="folder of the confirmation report")
     tu.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     r.add_argument("name", help="study name (its MLflow experiment)")
-    r.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "dashboards"), help="output folder")
+    r.add_argument("--out", default=str(DASHBOARDS), help="output folder")
     r.add_argument("--baseline", help="variant to compare against (default: student_alone if present)")
     r.add_argument("--scale", help="which scale's runs (default: the latest run's)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")

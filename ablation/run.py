@@ -7,6 +7,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ablation import teachers, tracking
@@ -112,3 +113,27 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
                               **{f"best_val_{k}": v for k, v in result.val.items() if k in ("auc", "ap", "f1")}})
         tracking.log_outputs(cfg, result.state, result.test_scores, data.test, result.snapshots)
         return Outcome(run_id, result)
+
+
+def score_file(model_ref: str, path: str, device: torch.device, batch_size: int = 4096) -> np.ndarray:
+    """Anomaly scores (n,) of the raw beats (n, channels, 320) in the .npy file `path`, min-max
+    normalised per beat as in training, with the model of `model_ref` (run id or checkpoint)."""
+    from ablation.data.mitdb import minmax
+    from ablation.train.evaluate import scores
+    cfg, state = tracking.load_checkpoint(model_ref, device)
+    try:
+        beats = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a numpy .npy array of beats ({' '.join(str(e).split())[:120]})") from e
+    nc = cfg.data.nc
+    if not isinstance(beats, np.ndarray) or beats.ndim != 3 or beats.shape[2] != 320 or beats.shape[1] < nc:
+        raise ValueError(f"{path}: expected raw beats shaped (n, channels>={nc}, 320), "
+                         f"got {getattr(beats, 'shape', type(beats).__name__)}")
+    if not np.issubdtype(beats.dtype, np.number):
+        raise ValueError(f"{path}: beats must be numbers, got dtype {beats.dtype}")
+    bad = ~np.isfinite(beats[:, :nc]).all(axis=(1, 2))
+    if bad.any():
+        raise ValueError(f"{path}: {int(bad.sum())} of {len(beats)} beats hold NaN or inf "
+                         f"(first: beat {int(np.flatnonzero(bad)[0])}); remove or repair them")
+    x = torch.from_numpy(minmax(beats[:, :nc].astype(np.float64))).to(device)
+    return scores(load_model(cfg, state, device).G, x, batch_size)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import optuna
@@ -30,9 +31,10 @@ from ablation import tracking
 from ablation.config import ConfigError, Range, RunConfig, from_dict, set_dotted
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats
+from ablation.paths import DASHBOARDS
 from ablation.run import execute
 from ablation.study import queue
-from ablation.study.runner import ensure_teachers, parent_run, study_beats
+from ablation.study.runner import ensure_teachers, parent_run, run_study, study_beats
 from ablation.study.spec import StudySpec, Trial
 from ablation.train.loop import Diverged, pick_device
 
@@ -272,3 +274,23 @@ def confirm_spec(spec: StudySpec, study: optuna.Study, folds: list[int], seeds: 
                 trials.append(Trial(len(trials), name, {"variant": name, "fold": fold, "seed": seed}, cfg))
     return StudySpec(f"{spec.name}-confirm", spec.path, f"confirmation of {tune_name(spec)}: "
                      f"best trial {study.best_trial.number} ({study.best_trial.params})", spec.scale, trials)
+
+
+def tune(spec: StudySpec, storage: str | None, search: bool = True, confirm: bool = False,
+         folds: list[int] = (0, 1, 2, 3, 4), seeds: list[int] = (0, 1, 2), out: Path | None = None,
+         mitdb: str | None = None, device: str | None = None) -> None:
+    """The tuning workflow: the search (unless `search` is False), then with `confirm` the best
+    and the untuned config retrained on `folds` x `seeds` and a report of the comparison in `out`."""
+    if search:
+        print(format_summary(search_summary(run_search(spec, storage, mitdb=mitdb, device=device))))
+    if not confirm:
+        return
+    try:
+        study = optuna.load_study(study_name=tune_name(spec), storage=queue.open_storage(storage))
+    except KeyError as e:
+        raise LookupError(f"no search {tune_name(spec)!r} in the Optuna storage to confirm; "
+                          f"run `python -m ablation tune {spec.name}` first") from e
+    conf = confirm_spec(spec, study, list(folds), list(seeds))
+    run_study(conf, storage_url=storage, mitdb=mitdb, device=device)
+    from ablation.report import build_report
+    print(f"report: {build_report(conf.name, out or DASHBOARDS, baseline='untuned')}")
