@@ -1,4 +1,10 @@
-"""Test set-up: every test writes under a temporary runs/ folder, never the project's own."""
+"""Test set-up: every test writes under a temporary runs/ folder, never the project's own.
+
+unit/: one module at a time, in memory (synthetic beats, tiny models). integration/: MLflow stores,
+studies, the CLI, subprocesses, the real records, the report in a browser. support/: their shared
+helpers (`support.tiny`: the tiny configs). pytest puts this folder on sys.path, so tests import
+`support.*`.
+"""
 import os
 import tempfile
 from pathlib import Path

@@ -19,7 +19,7 @@ import pytest
 
 from ablation.paths import RUNS
 from ablation.report.page import build_report, write_report
-from report_samples import run_tiny_study, synthetic_report_data
+from support.report_samples import run_tiny_study, synthetic_report_data
 
 SCREENSHOT = RUNS / "screenshot.png"  # tests write under the temporary runs/, never into the repo
 WINDOW = (1400, 3000)

@@ -22,7 +22,8 @@ from ablation.distill.kd import KD_KINDS, Outputs
 from ablation.models.beatgan import BeatGAN
 from ablation.run import run_key
 from ablation.train.loop import pick_device, train
-from test_distill import build, d_step, distill_cfg, g_step, models, beats
+from support.distill_pair import beats, build, d_step, distill_cfg, g_step, models
+from support.tiny import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 # 1. normalize keeps the weight
 # ------------------------------------------------------------------------------------------------
 def _weighted_cfg(w: float, normalize: bool = True):
-    return from_dict(RunConfig, {"role": "student", "model": {"ndf": 4, "ngf": 4, "nz": 8}, "distill": {
+    return from_dict(RunConfig, {"role": "student", "model": TINY_MODEL, "distill": {
         "teacher": {"ndf": 8, "ngf": 8, "nz": 16}, "normalize": normalize,
         "kd": {"kind": "recon", "weight": w},
         "features": [{"position": "enc.2.pre", "distance": "partial_l2", "weight": w},
@@ -56,7 +57,7 @@ def test_normalize_divides_the_raw_term_then_applies_the_weight(w):
 
 
 def _tiny_student(w: float) -> RunConfig:
-    return from_dict(RunConfig, {"role": "student", "model": {"ndf": 4, "ngf": 4, "nz": 8},
+    return from_dict(RunConfig, {"role": "student", "model": TINY_MODEL,
                                  "train": {"epochs": 1, "device": "cpu", "lr_schedule": "constant"},
                                  "data": {"train_subset": 256},
                                  "distill": {"teacher": {"ndf": 8, "ngf": 8, "nz": 16}, "normalize": True,
@@ -119,7 +120,7 @@ def test_ft_paraphraser_converges_on_real_beats(mitdb):
     """On real beats, through a teacher whose BN statistics were measured on them (as a trained
     teacher's are), the paraphraser trains to a plateau well past one epoch."""
     from ablation.config import DataConfig, ModelConfig
-    from test_distill import STUDENT, TEACHER
+    from support.distill_pair import STUDENT, TEACHER
     data = load_data(DataConfig(train_subset=4096), str(mitdb), progress=False)
     torch.manual_seed(0)
     teacher, student = BeatGAN.build(ModelConfig(**TEACHER), 1), BeatGAN.build(ModelConfig(**STUDENT), 1)
@@ -172,9 +173,9 @@ def test_attention_transfer_on_a_length_one_tap_is_rejected(position):
 # ------------------------------------------------------------------------------------------------
 def test_same_width_student_does_not_start_from_its_teachers_init(tracking_store, synthetic, monkeypatch):
     from ablation import run as run_module
-    cfg = from_dict(RunConfig, {"role": "student", "model": {"ndf": 4, "ngf": 4, "nz": 8},
+    cfg = from_dict(RunConfig, {"role": "student", "model": TINY_MODEL,
                                 "train": {"epochs": 1, "device": "cpu", "seed": 3}, "data": {"train_subset": 256},
-                                "distill": {"teacher": {"ndf": 4, "ngf": 4, "nz": 8},
+                                "distill": {"teacher": TINY_MODEL,
                                             "teacher_train": {"epochs": 1, "seed": 3}}})
     initial = {}
     real_train = run_module.train
@@ -227,7 +228,7 @@ def test_run_key_of_a_teacher_is_unchanged_by_the_identity_function():
     from ablation.config import config_hash
     d = RunConfig().to_dict()
     for k in ("device", "eval_batch_size", "test_every_epoch", "compile", "ema", "max_minutes", "precision",
-              "time_warp", "lr_d", "val_per_epoch", "d_real_label", "patience"):
+              "time_warp", "lr_d", "val_per_epoch", "d_real_label", "patience", "snapshots", "snapshot_gap"):
         d["train"].pop(k)
     assert run_key(RunConfig(), "fp") == config_hash({"config": d, "data": "fp"})
 
@@ -258,7 +259,7 @@ def test_teacher_cache_serves_the_unwarped_beats_of_a_warped_batch():
 
 def test_tap_lengths_match_the_model():
     from ablation.models.beatgan import TAP_NAMES, tap_length
-    from test_distill import models as pair
+    from support.distill_pair import models as pair
     teacher, _ = pair()
     taps: dict = {}
     teacher.G.eval()

@@ -10,11 +10,9 @@ from ablation.config import ConfigError
 from ablation.data import dataset
 from ablation.study.spec import load_study
 from ablation.study.tune import TargetReached, confirm_spec, format_summary, parse_search, run_search, search_summary
+from support.tiny import tiny_dict
 
-BASE = {"role": "student", "data": {"train_subset": 256, "val_subset": 200},
-        "model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 3, "device": "cpu"},
-        "distill": {"teacher": {"ndf": 4, "ngf": 4, "nz": 8}, "teacher_train": {"epochs": 1},
-                    "teacher_train_subset": 256, "kd": {"kind": "recon"}}}
+BASE = tiny_dict("student", train={"epochs": 3}, distill={"kd": {"kind": "recon"}})
 
 
 def study_file(tmp_path, search, name="tune_t"):

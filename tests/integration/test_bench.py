@@ -13,7 +13,7 @@ from ablation.distill.distiller import Distiller
 from ablation.models.beatgan import BeatGAN
 from ablation.train.loop import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench import (BATCH, COLUMNS, Plan, format_table, load_reference, machine_header,  # noqa: E402
                    run_bench, student_config, synthetic_bundle, teacher_config)
 

@@ -10,7 +10,7 @@ from scipy import stats
 from ablation.report import aggregate as agg
 from ablation.report.figures import figure_specs
 from ablation.report.page import build_report, render, write_report
-from report_samples import run_tiny_study, synthetic_report_data
+from support.report_samples import run_tiny_study, synthetic_report_data
 
 FIGURE_IDS = ["fig-auc", "fig-heatmap", "fig-parcoords", "fig-roc", "fig-pr", "fig-training", "fig-compression"]
 OPTUNA_IDS = ["fig-optuna-history", "fig-optuna-importance", "fig-optuna-parcoords"]

@@ -8,7 +8,7 @@ import wfdb
 
 from ablation.data.rpeaks import detect_rpeaks
 
-MITDB = Path(__file__).resolve().parents[2] / "shared" / "mitdb"
+MITDB = Path(__file__).resolve().parents[3] / "shared" / "mitdb"
 BEAT_SYMBOLS = set("NLRVAaJSjeEFf/Q")
 TOLERANCE = 10  # samples
 

@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 from ablation import tracking
 from ablation.report.page import build_report
 from ablation.study import results, runner
-from report_samples import run_tiny_study
+from support.report_samples import run_tiny_study
+from support.tiny import TINY_MODEL
 
 
 def test_committed_results_resume_a_study_and_rebuild_its_report(tmp_path, tracking_store, synthetic):
@@ -55,7 +56,7 @@ def test_an_exported_teacher_is_found_on_a_fresh_store_not_retrained(tmp_path, t
     from ablation import run as run_module, teachers
     from ablation.config import RunConfig, from_dict
     from ablation.data.dataset import load_data
-    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "data": {"train_subset": 256},
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL, "data": {"train_subset": 256},
                                 "train": {"epochs": 1, "device": "cpu", "seed": 77}})
     data = load_data(cfg.data, beats=synthetic, progress=False)
     first, model = run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)

@@ -21,11 +21,9 @@ from ablation.__main__ import main
 from ablation.config import ConfigError, RunConfig, from_dict
 from ablation.study import queue
 from ablation.study.spec import load_study
+from support.tiny import TINY_MODEL, tiny_dict
 
-TINY = {"role": "student", "data": {"train_subset": 256, "val_subset": 200}, "model": {"ndf": 4, "ngf": 4, "nz": 8},
-        "train": {"epochs": 1, "device": "cpu"},
-        "distill": {"teacher": {"ndf": 4, "ngf": 4, "nz": 8}, "teacher_train": {"epochs": 1, "val_per_epoch": 1},
-                    "teacher_train_subset": 256}}
+TINY = tiny_dict("student")
 
 
 def _write(tmp_path: Path, d, name: str = "s.yaml") -> Path:
@@ -198,7 +196,7 @@ def test_threads_must_be_positive(capsys):
 
 def test_score_refuses_bad_beats_and_bad_checkpoints(tmp_path, capsys, tracking_store, synthetic):
     from ablation.run import execute
-    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 1, "device": "cpu"},
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL, "train": {"epochs": 1, "device": "cpu"},
                                 "data": {"train_subset": 256}})
     run_id = execute(cfg, beats=synthetic, progress=False).run_id
     beats = np.zeros((4, 1, 320), np.float32)
@@ -256,7 +254,7 @@ def test_a_torn_journal_tail_is_cut_and_kept(tmp_path, capsys):
 def test_a_teacher_whose_checkpoint_does_not_load_is_trained_again(tmp_path, tracking_store, synthetic):
     from ablation.data.dataset import load_data
     from ablation.run import ensure_teacher
-    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 1, "device": "cpu",
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL, "train": {"epochs": 1, "device": "cpu",
                                                                                   "seed": 41},
                                 "data": {"train_subset": 256}})
     data = load_data(cfg.data, beats=synthetic, progress=False)

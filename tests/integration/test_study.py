@@ -11,11 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from ablation.config import ConfigError
 from ablation.study.spec import load_study
+from support.tiny import tiny_dict
 
-TINY_BASE = {"role": "student", "data": {"train_subset": 256, "val_subset": 200},
-             "model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 1, "device": "cpu"},
-             "distill": {"teacher": {"ndf": 4, "ngf": 4, "nz": 8}, "teacher_train": {"epochs": 1},
-                         "teacher_train_subset": 256}}
+TINY_BASE = tiny_dict("student")
 
 
 def write(tmp_path: Path, d: dict, name: str = "s.yaml") -> Path:

@@ -11,9 +11,9 @@ from ablation import tracking
 from ablation.__main__ import main
 from ablation.config import from_dict, RunConfig
 from ablation.run import execute
+from support.tiny import tiny_dict
 
-TINY = {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "train": {"epochs": 2, "device": "cpu"},
-        "data": {"train_subset": 512}}
+TINY = tiny_dict(train={"epochs": 2}, data={"train_subset": 512, "val_subset": None})
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_history_writes_the_learning_curve(teacher_run, tmp_path):
 def test_experiments_open_on_the_runs_table_and_trials_are_named(tracking_store, tmp_path):
     from ablation.study.runner import run_study
     from ablation.study.spec import load_study
-    from report_samples import write_tiny_study
+    from support.report_samples import write_tiny_study
     from ablation.data.synthetic import synthetic_beats
     spec = load_study(write_tiny_study(tmp_path, "named_runs", seeds=(0,)))
     run_study(spec, beats=synthetic_beats(seed=0), device="cpu", progress=False)

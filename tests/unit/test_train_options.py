@@ -9,10 +9,11 @@ from ablation.config import from_dict, RunConfig
 from ablation.data.dataset import load_data
 from ablation.models.beatgan import BeatGAN
 from ablation.train.loop import Averaged, pick_device, train
+from support.tiny import TINY_MODEL
 
 
 def _generator():
-    return BeatGAN.build(from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}}).model, 1).G
+    return BeatGAN.build(from_dict(RunConfig, {"model": TINY_MODEL}).model, 1).G
 
 
 def test_average_follows_the_rule_and_leaves_the_live_generator_alone():
@@ -47,7 +48,7 @@ def test_refresh_bn_sets_the_batch_statistics_of_the_averaged_weights():
 
 
 def test_training_with_ema_selects_and_returns_the_average(synthetic, single_thread):
-    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL,
                                 "train": {"epochs": 2, "ema": 0.9, "device": "cpu"},
                                 "data": {"train_subset": 512}})
     data = load_data(cfg.data, beats=synthetic, progress=False)
@@ -62,7 +63,7 @@ def test_training_with_ema_selects_and_returns_the_average(synthetic, single_thr
 
 
 def test_max_minutes_ends_training_after_the_epoch_past_the_budget(synthetic, single_thread):
-    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL,
                                 "train": {"epochs": 5, "max_minutes": 1e-9, "device": "cpu"},
                                 "data": {"train_subset": 256}})
     res = train(cfg, load_data(cfg.data, beats=synthetic, progress=False), pick_device("cpu"), progress=False)
@@ -94,7 +95,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
 
 
 def _tiny(**train):
-    return from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
+    return from_dict(RunConfig, {"model": TINY_MODEL,
                                  "train": {"epochs": 1, "device": "cpu", "lr_schedule": "constant", **train},
                                  "data": {"train_subset": 256}})
 
@@ -165,7 +166,7 @@ def test_lr_d_sets_the_discriminators_own_learning_rate(synthetic, single_thread
 
 
 def test_validation_within_epochs_picks_among_more_checkpoints_without_changing_training(synthetic, single_thread):
-    cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8},
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL,
                                 "train": {"epochs": 2, "ema": 0.9, "device": "cpu", "val_per_epoch": 4},
                                 "data": {"train_subset": 512}})  # 8 batches per epoch: checks after 2, 4, 6, 8
     data = load_data(cfg.data, beats=synthetic, progress=False)

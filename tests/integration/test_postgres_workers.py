@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from ablation.paths import RUNS
-import pg_server as pg
+from support import pg_server as pg
 
 pytestmark = pytest.mark.slow
 

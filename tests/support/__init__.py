@@ -1,0 +1,1 @@
+"""Helpers shared by the unit and integration tests (tests/conftest.py puts tests/ on the path)."""
