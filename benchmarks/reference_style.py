@@ -22,7 +22,7 @@ Generosities to the reference (they make our measured speed-ups conservative): t
 under ``torch.no_grad()``, and the DataLoader has no worker processes to start.
 
 Weights are copied from an `ablation.models.beatgan.BeatGAN` (`from_beatgan`) so that the reference
-and our loop do the same arithmetic on the same numbers; tests/test_bench.py checks that they do.
+and our loop do the same arithmetic on the same numbers; tests/integration/test_bench.py checks that they do.
 """
 from __future__ import annotations
 
