@@ -223,7 +223,7 @@ def cmd_ensemble(args) -> None:
     if len(folds) > 1:
         raise ValueError(f"ensemble members must share one fold, split and nc; got {sorted(folds)}")
     data = load_data(loaded[0][1].data, args.mitdb, progress=False)
-    members = [member(name, load_model(c, st, device), data) for name, c, st in loaded]
+    members = [member(name, load_model(c, st, device), data, c.train.score_feat_weight) for name, c, st in loaded]
     table = pd.DataFrame(curve(members, data)).assign(fold=loaded[0][1].data.fold)
     print(table.drop(columns="members").to_string(index=False, float_format="%.4f"))
     if args.csv:

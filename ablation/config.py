@@ -91,6 +91,7 @@ class TrainConfig:
     time_warp: float = Range(0.0, 1.0, default=0.0, off=0.0)  # share of each batch time-warped (BeatGAN's aug)
     val_per_epoch: int = Range(1, 1000, default=1, off=1)  # validation checks per epoch; the best is kept
     patience: Optional[int] = Range(1, None, default=None, off=None)  # stop after this many checks w/o a best
+    score_feat_weight: Optional[float] = Range(0.0, None, default=None, off=None)  # score z_rec + w z_feat (D residual)
     snapshots: int = Range(1, 100, default=1, neutral=True)  # keep this many best checks (snapshot ensemble)
     snapshot_gap: float = Range(0.0, None, default=1.0, neutral=True)  # kept checks at least this many epochs apart
 

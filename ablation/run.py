@@ -121,6 +121,9 @@ def score_file(model_ref: str, path: str, device: torch.device, batch_size: int 
     from ablation.data.mitdb import minmax
     from ablation.train.evaluate import scores
     cfg, state = tracking.load_checkpoint(model_ref, device)
+    if cfg.train.score_feat_weight is not None:
+        raise ValueError(f"{model_ref}: its score is standardised on its validation set "
+                         f"(train.score_feat_weight); `score` serves reconstruction-scored models")
     try:
         beats = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:

@@ -15,7 +15,8 @@ import numpy as np
 
 from ablation.data.dataset import DataBundle
 from ablation.models.beatgan import BeatGAN
-from ablation.train.evaluate import metrics, scores
+from ablation.train.evaluate import metrics
+from ablation.train.rescore import score_sets
 
 
 @dataclass
@@ -25,10 +26,11 @@ class Member:
     test: np.ndarray  # (n_test,)
 
 
-def member(name: str, model: BeatGAN, data: DataBundle, batch_size: int = 2048) -> Member:
-    """Score the validation and test sets with `model`, standardised on the validation normals."""
-    val = scores(model.G, data.val.x, batch_size).astype(np.float64)
-    test = scores(model.G, data.test.x, batch_size).astype(np.float64)
+def member(name: str, model: BeatGAN, data: DataBundle, score_feat_weight: float | None = None,
+           batch_size: int = 2048) -> Member:
+    """Score the validation and test sets with `model` (under its run's score function),
+    standardised on the validation normals."""
+    val, test = (s.astype(np.float64) for s in score_sets(model.G, model.D, data, score_feat_weight, batch_size, True))
     ref = val[data.val.y == 0]
     mu, sd = ref.mean(), max(ref.std(), 1e-12)
     return Member(name, (val - mu) / sd, (test - mu) / sd)

@@ -30,7 +30,8 @@ from ablation.data.augment import warp_fraction
 from ablation.data.dataset import DataBundle
 from ablation.models.beatgan import BeatGAN, init_weights
 from ablation.train.checkpoints import Checkpoints, Snapshot
-from ablation.train.evaluate import metrics, scores
+from ablation.train.evaluate import metrics
+from ablation.train.rescore import score_sets
 from ablation.train.step import Step, Terms
 
 
@@ -90,7 +91,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     model = (model or BeatGAN.build(cfg.model, cfg.data.nc)).to(device)
     G, D = model.G, model.D
     opt_g, opt_d, scheds = optimisers(tc, G, D, terms)
-    train_x, val_x = data.train.to(device), data.val.x.to(device)
+    train_x = data.train.to(device)
     n_batches = len(train_x) // tc.batch_size  # drop the last partial batch, as BeatGAN does
     if n_batches == 0:
         raise ValueError(f"train set has {len(train_x)} beats, fewer than one batch of {tc.batch_size}")
@@ -111,7 +112,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         first of which give an averaged G its BN statistics) and offer it to `kept`."""
         if averaged:
             averaged.refresh_bn(train_x[order[: averaged.bn_beats]], tc.batch_size)
-        val = metrics(data.val.y, scores(G_eval, val_x, tc.eval_batch_size))
+        val = metrics(data.val.y, score_sets(G_eval, D, data, tc.score_feat_weight, tc.eval_batch_size)[0])
         kept.offer(val, epoch, epoch + done / n_batches, G_eval, D)
         return val
 
@@ -151,7 +152,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
             raise Diverged(f"epoch {epoch}: non-finite {', '.join(bad)}")
         row.update(train_seconds=time.perf_counter() - te, d_reinits=reinits)
         val = validate(epoch, n_batches, batches.flatten())
-        row.update(epoch_row(val, within, data, G, G_eval, tc))
+        row.update(epoch_row(val, within, data, G, G_eval, D, tc))
         for s in scheds:
             s.step()
         row.update(best_val_auc=kept.best.auc, best_val_at=kept.best.at)  # the best checkpoint so far
@@ -180,16 +181,16 @@ def optimisers(tc: TrainConfig, G: torch.nn.Module, D: torch.nn.Module, terms: T
 
 
 def epoch_row(val: dict[str, float], within: list[float], data: DataBundle, G: torch.nn.Module,
-              G_eval: torch.nn.Module, tc: TrainConfig) -> dict[str, float]:
+              G_eval: torch.nn.Module, D: torch.nn.Module, tc: TrainConfig) -> dict[str, float]:
     """The epoch's validation metrics (and the diagnostic ones the config asks for)."""
     row = {f"val_{k}": v for k, v in val.items() if k in ("auc", "ap", "f1")}
     if within:
         row["val_auc_max_in_epoch"] = max(within + [val["auc"]])
-    device = next(G.parameters()).device
     if G_eval is not G:  # the live weights, for comparison with their average
-        row["val_auc_live"] = metrics(data.val.y, scores(G, data.val.x.to(device), tc.eval_batch_size))["auc"]
+        row["val_auc_live"] = metrics(data.val.y, score_sets(G, D, data, tc.score_feat_weight,
+                                                             tc.eval_batch_size)[0])["auc"]
     if tc.test_every_epoch and data.test is not None:  # diagnostic curve only; selection uses validation
-        tm = metrics(data.test.y, scores(G_eval, data.test.x.to(device), tc.eval_batch_size))
+        tm = metrics(data.test.y, score_sets(G_eval, D, data, tc.score_feat_weight, tc.eval_batch_size, True)[1])
         row.update({"test_auc_curve": tm["auc"], "test_ap_curve": tm["ap"]})
     return row
 
@@ -201,7 +202,7 @@ def finish(kept: Checkpoints, G: torch.nn.Module, D: torch.nn.Module, data: Data
     G.load_state_dict(best.state["G"])
     D.load_state_dict(best.state["D"])
     has_test = data.test is not None
-    test_scores = scores(G, data.test.x.to(next(G.parameters()).device), tc.eval_batch_size) if has_test \
+    test_scores = score_sets(G, D, data, tc.score_feat_weight, tc.eval_batch_size, True)[1] if has_test \
         else np.zeros(0)
     test = metrics(data.test.y, test_scores, data.test.cls) if has_test else {}
     return Result(best_epoch=best.epoch, best_at=best.at, val=best.val, test=test, test_scores=test_scores,

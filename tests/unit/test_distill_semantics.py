@@ -228,7 +228,8 @@ def test_run_key_of_a_teacher_is_unchanged_by_the_identity_function():
     from ablation.config import config_hash
     d = RunConfig().to_dict()
     for k in ("device", "eval_batch_size", "test_every_epoch", "compile", "ema", "max_minutes", "precision",
-              "time_warp", "lr_d", "val_per_epoch", "d_real_label", "patience", "snapshots", "snapshot_gap"):
+              "time_warp", "lr_d", "val_per_epoch", "d_real_label", "patience", "snapshots", "snapshot_gap",
+              "score_feat_weight"):
         d["train"].pop(k)
     assert run_key(RunConfig(), "fp") == config_hash({"config": d, "data": "fp"})
 

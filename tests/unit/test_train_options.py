@@ -75,7 +75,7 @@ def test_options_left_off_keep_stored_run_keys_and_change_them_when_on():
     base = from_dict(RunConfig, {})
     d = base.to_dict()
     for k in ("ema", "max_minutes", "precision", "compile", "time_warp", "lr_d", "val_per_epoch", "d_real_label",
-              "patience", "snapshots", "snapshot_gap"):
+              "patience", "snapshots", "snapshot_gap", "score_feat_weight"):
         d["train"].pop(k)
     import hashlib, json  # the key as computed before these options existed
     old = hashlib.sha256(json.dumps({"config": {**d, "train": {k: v for k, v in d["train"].items()
@@ -243,3 +243,25 @@ def test_checkpoints_replace_a_near_check_only_when_better():
     # 0.70 kept until 0.90 came; 0.60 near 0.90 and worse: dropped
     assert [(s.auc, s.at) for s in kept.snapshots] == [(0.90, 3.5), (0.85, 0.75)]
     assert kept.best.auc == 0.90 and kept.stale == 1
+
+
+def test_score_feat_weight_selects_and_reports_the_combined_score(synthetic, single_thread):
+    """train.score_feat_weight w: validation checks and the test set are scored z_rec + w z_feat
+    (standardised on the validation normals), the f-AnoGAN-style score; off, BeatGAN's MSE."""
+    import numpy as np
+    from ablation.models.beatgan import BeatGAN
+    from ablation.train.evaluate import metrics, scores
+    from ablation.train.rescore import combine, components
+    data = load_data(_tiny().data, beats=synthetic, progress=False)
+    res = train(_tiny(epochs=2, score_feat_weight=2.0), data, pick_device("cpu"), progress=False)
+    model = BeatGAN.build(_tiny().model, 1)
+    model.G.load_state_dict(res.state["G"])
+    model.D.load_state_dict(res.state["D"])
+    val = components(model.G, model.D, data.val.x)
+    ref = val[data.val.y == 0]
+    assert res.val["auc"] == pytest.approx(metrics(data.val.y, combine(val, ref, 2.0))["auc"])
+    expected = combine(components(model.G, model.D, data.test.x), ref, 2.0)
+    np.testing.assert_allclose(res.test_scores, expected, rtol=1e-6)
+    assert res.test["auc"] != pytest.approx(metrics(data.test.y, scores(model.G, data.test.x))["auc"], abs=1e-4)
+    from ablation.run import run_key
+    assert run_key(_tiny(score_feat_weight=2.0), "fp") != run_key(_tiny(), "fp")
