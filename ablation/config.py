@@ -149,6 +149,7 @@ class DistillConfig:
     kd: KDConfig = field(default_factory=KDConfig)
     features: list[FeatureConfig] = field(default_factory=list)
     normalize: bool = False  # each term = weight x term / |term at the first batch|
+    teacher_seeds: Optional[list[int]] = Option(None, off=None)  # distil from these seeds' teachers' mean
 
 
 @dataclass
@@ -175,6 +176,13 @@ class RunConfig:
             raise ConfigError("teacher_config() needs a student config with a `distill` section")
         data = dataclasses.replace(self.data, train_subset=self.distill.teacher_train_subset, val_subset=None)
         return RunConfig(role="teacher", data=data, model=self.distill.teacher, train=self.distill.teacher_train)
+
+    def teacher_configs(self) -> list["RunConfig"]:
+        """The teacher, or with ``distill.teacher_seeds`` the ensemble's members: one per seed."""
+        one = self.teacher_config()
+        seeds = self.distill.teacher_seeds
+        return [one] if seeds is None else [dataclasses.replace(one, train=dataclasses.replace(one.train, seed=s))
+                                           for s in seeds]
 
 
 DISTILL_REVISION = 2
@@ -300,6 +308,13 @@ def _check_registered(obj, src: str, prefix: str) -> None:
     if isinstance(obj, RunConfig) and obj.role == "teacher" and obj.distill is not None:
         raise ConfigError(f"{src}: `distill` is set on a role: teacher config, where nothing reads it; "
                           f"set role: student to distil, or remove `distill`")
+    if isinstance(obj, DistillConfig) and obj.teacher_seeds is not None:
+        seeds = obj.teacher_seeds
+        if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{src}: `{prefix}.teacher_seeds` must list two or more distinct seeds, got {seeds}")
+        if obj.features or obj.kd.kind == "latent":
+            raise ConfigError(f"{src}: `{prefix}.teacher_seeds`: an ensemble's members' features and latent codes "
+                              f"do not correspond; use output KD (recon, score_kl, score_nce, disc) without features")
     if isinstance(obj, KDConfig):
         from ablation.distill.kd import KD_KINDS
         if obj.kind not in KD_KINDS:

@@ -15,6 +15,7 @@ from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, load_data
 from ablation.data.mitdb import Beats
 from ablation.models.beatgan import BeatGAN
+from ablation.models.ensemble import ensemble
 from ablation.train.loop import Result, pick_device, train
 
 TEACHER_EXPERIMENT = "teachers"
@@ -85,7 +86,10 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
             "git_commit": tracking.git_commit(), **(extra_tags or {})}
     teacher_id, teacher = None, None
     if cfg.role == "student":
-        teacher_id, teacher = ensure_teacher(cfg.teacher_config(), data, device, progress)
+        members = [ensure_teacher(t, data, device, progress) for t in cfg.teacher_configs()]
+        teacher_id, teacher = members[0][0], ensemble([m for _, m in members])
+        if len(members) > 1:
+            tags["teacher_run_ids"] = ",".join(i for i, _ in members)  # teacher_run_id: the first member
     torch.manual_seed(init_seed(cfg.role, cfg.train.seed))  # the initial weights (G, D, connectors)
     terms, student = None, BeatGAN.build(cfg.model, cfg.data.nc)
     if teacher is not None:

@@ -98,7 +98,7 @@ def study_beats(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beat
 def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device, progress: bool = True) -> None:
     """Train the distinct teachers of these student configs that MLflow lacks, one after another,
     before any worker starts: no two workers train one teacher, and no trial's time includes one."""
-    teachers = {c.teacher_config().key(): c.teacher_config() for c in configs if c.role == "student"}
+    teachers = {t.key(): t for c in configs if c.role == "student" for t in c.teacher_configs()}
     for tcfg in teachers.values():
         ensure_teacher(tcfg, load_data(tcfg.data, beats=beats, progress=progress), device, progress)
 

@@ -205,3 +205,16 @@ def test_ensemble_averages_standardised_scores():
     assert rows[1]["test_auc"] > rows[0]["test_auc"] + 0.02
     from sklearn.metrics import roc_auc_score
     assert rows[1]["test_auc"] == pytest.approx(roc_auc_score(y, a + b))  # the plain mean
+
+
+def test_a_student_of_an_ensemble_trains_each_member_teacher_once(tracking_store, synthetic):
+    cfg = from_dict(RunConfig, tiny_dict("student", distill={"teacher_seeds": [0, 1], "kd": {"kind": "recon"}}))
+    out = execute(cfg, beats=synthetic, progress=False)
+    run = MlflowClient().get_run(out.run_id)
+    members = run.data.tags["teacher_run_ids"].split(",")
+    assert len(set(members)) == 2 and run.data.tags["teacher_run_id"] == members[0]
+    seeds = {MlflowClient().get_run(m).data.params["train.seed"] for m in members}
+    assert seeds == {"0", "1"}
+    assert int(run.data.tags["teacher_params"]) == 2 * sum(
+        int(MlflowClient().get_run(members[0]).data.tags[k]) for k in ("params_G", "params_D"))
+    assert "test_auc" in run.data.metrics and len(out.result.history) == 1

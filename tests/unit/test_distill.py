@@ -456,3 +456,47 @@ def test_no_cache_when_teacher_bn_uses_batch_statistics():
     teacher, student = models()
     d = Distiller(distill_cfg("recon", teacher_bn="train"), teacher, student, beats(16))
     assert d.cache == {}
+
+
+# ------------------------------------------------------------------------------------------------
+# distillation from an ensemble of teachers
+# ------------------------------------------------------------------------------------------------
+def test_ensemble_teacher_outputs_the_members_mean_and_recon_kd_trains_the_student():
+    from ablation.models.ensemble import ensemble
+    (t1, student), (t2, _) = models(0), models(1)
+    teacher = ensemble([t1, t2])
+    x = beats()
+    freeze(teacher, "eval")
+    with torch.no_grad():
+        r1, r2 = t1.G(x)[0], t2.G(x)[0]
+        torch.testing.assert_close(teacher.G(x)[0], (r1 + r2) / 2)
+        torch.testing.assert_close(teacher.D(x)[0], (t1.D(x)[0] + t2.D(x)[0]) / 2)
+    before = [p.clone() for p in teacher.G.parameters()]
+    d = Distiller(distill_cfg("recon"), teacher, student, x)
+    terms = g_step(d, student, x)
+    terms["kd_recon"].backward()
+    assert_trains(student.G, "recon KD from an ensemble")
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.G.parameters()))
+    assert sum(teacher.n_params().values()) == sum(t1.n_params().values()) * 2
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"teacher_seeds": [0]}, "two or more distinct seeds"),
+    ({"teacher_seeds": [0, 0]}, "two or more distinct seeds"),
+    ({"teacher_seeds": [0, 1], "features": [{"position": "enc.3.pre", "distance": "l2"}]}, "do not correspond"),
+])
+def test_ensemble_teacher_config_refuses_what_does_not_align(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        distill_cfg("recon", **{k: v for k, v in extra.items() if k != "features"},
+                    features=extra.get("features"))
+    with pytest.raises(ConfigError, match="do not correspond"):
+        distill_cfg("latent", teacher_seeds=[0, 1])
+
+
+def test_teacher_seeds_give_one_teacher_config_per_seed_and_a_new_key():
+    base = from_dict(RunConfig, {"role": "student", "model": STUDENT, "distill": {"teacher": TEACHER}})
+    ens = from_dict(RunConfig, {"role": "student", "model": STUDENT,
+                                "distill": {"teacher": TEACHER, "teacher_seeds": [0, 1, 2]}})
+    assert [t.train.seed for t in ens.teacher_configs()] == [0, 1, 2]
+    assert ens.teacher_configs()[0] == base.teacher_config() and base.teacher_configs() == [base.teacher_config()]
+    assert ens.key() != base.key()
