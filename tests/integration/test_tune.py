@@ -21,9 +21,9 @@ def study_file(tmp_path, search, name="tune_t"):
     return load_study(p)
 
 
-def test_shipped_tune_kd_parses():
-    s = parse_search(load_study("tune_kd"))
-    assert s.n_trials >= 30 and s.target == 0.95 and "distill.kd.T" in s.params
+def test_shipped_tune_headline_parses():
+    s = parse_search(load_study("tune_headline"))
+    assert s.n_trials >= 30 and s.target == 0.95 and {"distill.kd.T", "train.score_feat_weight"} <= set(s.params)
     assert [b.name for b in s.baselines] == ["untuned", "earlier_project"]
 
 
