@@ -218,3 +218,18 @@ def test_a_student_of_an_ensemble_trains_each_member_teacher_once(tracking_store
     assert int(run.data.tags["teacher_params"]) == 2 * sum(
         int(MlflowClient().get_run(members[0]).data.tags[k]) for k in ("params_G", "params_D"))
     assert "test_auc" in run.data.metrics and len(out.result.history) == 1
+
+
+def test_two_leads_train_a_two_lead_teacher_and_student(tracking_store, synthetic, tmp_path):
+    """data.nc 2 (MLII and the other lead): the teacher and the student both read both leads."""
+    cfg = from_dict(RunConfig, tiny_dict("student", data={"nc": 2}, distill={"kd": {"kind": "recon"}}))
+    out = execute(cfg, beats=synthetic, progress=False)
+    _, state = tracking.load_checkpoint(out.run_id)
+    first = next(v for k, v in state["G"].items() if k.endswith("weight") and v.dim() == 3)
+    assert first.shape[1] == 2  # the first convolution reads two channels
+    teacher = MlflowClient().get_run(MlflowClient().get_run(out.run_id).data.tags["teacher_run_id"])
+    assert teacher.data.params["data.nc"] == "2" and 0.0 <= out.result.test["auc"] <= 1.0
+    np.save(tmp_path / "beats.npy", synthetic.x[:20, :2].astype(np.float32))
+    assert main(["score", "--model", out.run_id, "--input", str(tmp_path / "beats.npy"),
+                 "--output", str(tmp_path / "s.npy"), "--device", "cpu"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (20,)
