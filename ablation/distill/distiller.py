@@ -112,8 +112,7 @@ class Distiller(nn.Module):
         s_shapes, t_shapes = _tap_shapes(student, train_x[:2]), _tap_shapes(teacher, train_x[:2])
         freeze(teacher, cfg.teacher_bn)
         self.features = nn.ModuleList(FeatureTerm(f, i, s_shapes, t_shapes, teacher) for i, f in enumerate(cfg.features))
-        self.kd = KD_KINDS[cfg.kd.kind](cfg.kd.T, student.G.encoder.blocks[-1].conv.out_channels,
-                                        teacher.G.encoder.blocks[-1].conv.out_channels)
+        self.kd = KD_KINDS[cfg.kd.kind](cfg.kd.T, student.G.nz, teacher.G.nz)
         self.kd_name = f"kd_{cfg.kd.kind}"
         self.to(train_x.device)
         self._prepare(train_x[prepare_sample(len(train_x), PREPARE_BEATS, seed).to(train_x.device)])
@@ -154,7 +153,7 @@ class Distiller(nn.Module):
             return {}
         passes = {p for step in ("G", "D") for p in self.needs[step] if p.endswith(":real")}
         per_beat = {"out:recon": train_x[0].numel(), "out:latent": 0, "out:score": 1, "out:logit_real": 1}
-        per_beat["out:latent"] = self.teacher.G.encoder.blocks[-1].conv.out_channels
+        per_beat["out:latent"] = self.teacher.G.nz
         size = sum(len(train_x) * 4 * (per_beat.get(k) or math.prod(t_shapes[k.split(":")[1]][1:]))
                    for p in passes for k in self._wanted(p))
         if not passes or size > CACHE_BYTES:

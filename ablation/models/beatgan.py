@@ -101,6 +101,11 @@ class Generator(nn.Module):
         self.encoder = conv_stack("enc", nc, ndf, nz, out_act=None)
         self.decoder = deconv_stack(nc, ngf, nz)
 
+    @property
+    def nz(self) -> int:
+        """The latent code's width."""
+        return self.encoder.blocks[-1].conv.out_channels
+
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, nc, 320) -> (reconstruction (B, nc, 320), latent (B, nz, 1))."""
         z = self.encoder(x, taps)

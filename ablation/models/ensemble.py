@@ -20,9 +20,9 @@ class EnsembleG(nn.Module):
         self.members = nn.ModuleList(members)
 
     @property
-    def encoder(self) -> nn.Module:
-        """The first member's encoder (its latent width is the ensemble's)."""
-        return self.members[0].encoder
+    def nz(self) -> int:
+        """The first member's latent width (the latent it returns)."""
+        return self.members[0].nz
 
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, nc, 320) -> (mean reconstruction (B, nc, 320), the first member's latent (B, nz, 1))."""
