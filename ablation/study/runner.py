@@ -12,11 +12,14 @@ import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 from optuna.trial import TrialState
 
 from ablation import tracking
@@ -24,7 +27,7 @@ from ablation.config import RunConfig
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats, Protocol, load_beats
 from ablation.paths import RUNS
-from ablation.run import ensure_teacher, execute
+from ablation.run import TEACHER_EXPERIMENT, ensure_teacher, execute, run_key
 from ablation.study import queue, results
 from ablation.study.spec import StudySpec, Trial
 from ablation.train.loop import pick_device
@@ -95,21 +98,59 @@ def study_beats(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beat
     return load_beats(protocols.pop(), mitdb)
 
 
-def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device, progress: bool = True) -> None:
-    """Train the distinct teachers of these student configs that MLflow lacks, one after another,
-    before any worker starts: no two workers train one teacher, and no trial's time includes one."""
-    teachers = {t.key(): t for c in configs if c.role == "student" for t in c.teacher_configs()}
-    for tcfg in teachers.values():
-        ensure_teacher(tcfg, load_data(tcfg.data, beats=beats, progress=progress), device, progress)
+def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device, progress: bool = True,
+                    workers: int = 1, mitdb: str | None = None, device_name: str | None = None) -> None:
+    """Train the distinct teachers of these student configs that MLflow lacks before any worker
+    starts (no trial's time includes one): one after another, or with `workers` > 1 that many at
+    once in their own processes, each on its share of the cores."""
+    teachers = list({t.key(): t for c in configs if c.role == "student" for t in c.teacher_configs()}.values())
+    missing = [t for t in teachers
+               if not tracking.find_finished(TEACHER_EXPERIMENT,
+                                             run_key(t, load_data(t.data, beats=beats, progress=False).fingerprint))]
+    if workers <= 1 or len(missing) <= 1:
+        for tcfg in missing:
+            ensure_teacher(tcfg, load_data(tcfg.data, beats=beats, progress=progress), device, progress)
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = []
+        for i, tcfg in enumerate(missing):
+            path = Path(tmp) / f"teacher{i}.yaml"
+            path.write_text(yaml.safe_dump(tcfg.to_dict(), sort_keys=False))
+            cmd = [sys.executable, "-m", "ablation", "teacher", "--config", str(path), "--threads", str(threads),
+                   "--tracking-uri", tracking.current_uri()]
+            cmds.append(cmd + (["--mitdb", mitdb] if mitdb else []) + (["--device", device_name] if device_name else []))
+        _run_at_most(cmds, workers)
+
+
+def _run_at_most(cmds: list[list[str]], slots: int) -> None:
+    """Run the commands, at most `slots` at a time; a failed one fails the whole after the others end."""
+    running: list[subprocess.Popen] = []
+    failed = []
+    for cmd in cmds + [None] * slots:
+        while len(running) >= slots or (cmd is None and running):
+            for p in [p for p in running if p.poll() is not None]:
+                running.remove(p)
+                if p.returncode:
+                    failed.append(p)
+            if len(running) >= slots or (cmd is None and running):
+                time.sleep(1)
+        if cmd is not None:
+            running.append(subprocess.Popen(cmd))
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(cmds)} teacher runs failed (exit {failed[0].returncode}: "
+                           f"{' '.join(failed[0].args[:6])} ...); their errors are printed above")
 
 
 def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None, mitdb: str | None = None,
               device: str | None = None, beats: Beats | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every unfinished trial of `spec` and return the summary table."""
+    own_beats = beats is None  # beats handed in (tests) cannot reach a teacher process
     beats = study_beats(spec, mitdb, beats)
     dev = pick_device(device or spec.trials[0].config.train.device)
     done = finished_keys(spec)
-    ensure_teachers([t.config for t in spec.trials if t.key not in done], beats, dev, progress)
+    ensure_teachers([t.config for t in spec.trials if t.key not in done], beats, dev, progress,
+                    workers=workers if own_beats else 1, mitdb=mitdb, device_name=device)
     parent = parent_run(spec)
     storage = queue.open_storage(storage_url)
     study = queue.open_study(queue_name(spec), storage)

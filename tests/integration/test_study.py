@@ -184,3 +184,24 @@ def test_two_local_workers_share_the_queue(tmp_path, mitdb):
     assert all(len(v) == 1 for v in after.values())
     pids = {line.split("(pid ")[1].rstrip(")\n") for line in out.stdout.splitlines() if "start (pid" in line}
     assert len(pids) >= 1
+
+
+def test_two_workers_train_a_studys_missing_teachers_at_once(tmp_path, mitdb):
+    """A study over two folds with --workers 2: both folds' teachers train concurrently (in their
+    own processes) before the trials, each once, and the trials find them."""
+    d = {"name": "teachers2", "base": {**TINY_BASE, "data": {"train_subset": 512, "val_subset": 300}},
+         "folds": [0, 1]}
+    path = write(tmp_path, d)
+    runs = tmp_path / "runs"
+    cmd, env = _study_cmd(path, runs, mitdb, "--workers", "2")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("teachers")
+    teachers = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    assert sorted(r.data.params["data.fold"] for r in teachers) == ["0", "1"]
+    (a, b) = sorted(teachers, key=lambda r: r.info.start_time)
+    assert b.info.start_time < a.info.end_time  # trained at the same time
+    students = _finished(runs, "teachers2")
+    used = {client.get_run(ids[0]).data.tags["teacher_run_id"] for ids in students.values()}
+    assert used == {a.info.run_id, b.info.run_id}
