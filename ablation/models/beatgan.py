@@ -16,13 +16,18 @@ Activations are never in place, so a ``pre`` tensor is not overwritten by the ac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # the model needs three widths, not the config module (no import circle)
-    from ablation.config import ModelConfig
+
+class Widths(Protocol):
+    """What the model needs of a config: three ints (`ablation.config.ModelConfig` has them)."""
+
+    ndf: int
+    ngf: int
+    nz: int
 
 NETS = ("enc", "dec", "disc")
 N_BLOCKS = 6
@@ -141,7 +146,7 @@ class BeatGAN:
     D: Discriminator
 
     @classmethod
-    def build(cls, cfg: "ModelConfig", nc: int) -> "BeatGAN":
+    def build(cls, cfg: Widths, nc: int) -> "BeatGAN":
         """G and D of widths ``cfg.ndf``, ``cfg.ngf``, ``cfg.nz`` (any object with those ints) for
         ``nc`` leads, with BeatGAN's initialisation."""
         model = cls(Generator(nc, cfg.ndf, cfg.ngf, cfg.nz), Discriminator(nc, cfg.ndf))
