@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from ablation.paths import RUNS
 from support import pg_server as pg
+from support.runs import fresh_runs
 
 pytestmark = pytest.mark.slow
 
@@ -98,10 +98,7 @@ def test_two_workers_on_postgres_run_each_trial_once(pg_server, mitdb, tmp_path)
     assert len(keys) == 3
     storage, tracking_uri = pg_server.url("optuna"), pg_server.url("mlflow")
 
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    (RUNS / "cache").mkdir(parents=True, exist_ok=True)
-    (runs / "cache").symlink_to(RUNS / "cache")  # the session's beat cache: built once per test session
+    runs = fresh_runs(tmp_path)
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "ABLATION_OPTUNA_STORAGE", "ABLATION_MITDB")}
     env.update(ABLATION_RUNS=str(runs), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -21,6 +21,7 @@ from ablation.__main__ import main
 from ablation.config import ConfigError, RunConfig, from_dict
 from ablation.study import queue
 from ablation.study.spec import load_study
+from support.runs import fresh_runs
 from support.tiny import TINY_MODEL, tiny_dict
 
 TINY = tiny_dict("student")
@@ -273,7 +274,7 @@ def test_a_teacher_whose_checkpoint_does_not_load_is_trained_again(tmp_path, tra
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, reason", [(signal.SIGTERM, "SystemExit"), (signal.SIGINT, "KeyboardInterrupt")])
 def test_sigterm_and_sigint_end_a_training_run_as_killed_with_its_reason(tmp_path, mitdb, sig, reason):
-    runs = tmp_path / "runs"
+    runs = fresh_runs(tmp_path)
     env = {**os.environ, "ABLATION_RUNS": str(runs)}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "ablation", "train", "--mitdb", str(mitdb), "--threads", "1", "--experiment", "term",

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from ablation.config import ConfigError
 from ablation.study.spec import load_study
+from support.runs import fresh_runs
 from support.tiny import tiny_dict
 
 TINY_BASE = tiny_dict("student")
@@ -142,7 +143,7 @@ def test_resume_after_sigkill_mid_trial(tmp_path, mitdb):
          "variants": [{"name": "a"}, {"name": "b", "set": {"distill.kd.kind": "recon"}},
                       {"name": "c", "set": {"distill.kd.kind": "score_kl"}}]}
     path = write(tmp_path, d)
-    runs = tmp_path / "runs"
+    runs = fresh_runs(tmp_path)
     cmd, env = _study_cmd(path, runs, mitdb)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
@@ -175,7 +176,7 @@ def test_two_local_workers_share_the_queue(tmp_path, mitdb):
     d = {"name": "two", "base": {**TINY_BASE, "data": {"train_subset": 512, "val_subset": 300}},
          "variants": [{"name": "a"}, {"name": "b", "set": {"distill.kd.kind": "recon"}}], "seeds": [0, 1]}
     path = write(tmp_path, d)
-    runs = tmp_path / "runs"
+    runs = fresh_runs(tmp_path)
     cmd, env = _study_cmd(path, runs, mitdb, "--workers", "2")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -192,7 +193,7 @@ def test_two_workers_train_a_studys_missing_teachers_at_once(tmp_path, mitdb):
     d = {"name": "teachers2", "base": {**TINY_BASE, "data": {"train_subset": 512, "val_subset": 300}},
          "folds": [0, 1]}
     path = write(tmp_path, d)
-    runs = tmp_path / "runs"
+    runs = fresh_runs(tmp_path)
     cmd, env = _study_cmd(path, runs, mitdb, "--workers", "2")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
