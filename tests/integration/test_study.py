@@ -77,8 +77,12 @@ def test_unknown_study_lists_the_known_ones():
 
 
 def test_shipped_studies_expand():
-    for name in ("smoke",):
-        assert load_study(name).trials
+    """Every study file under studies/ loads at every scale it declares (each trial validated)."""
+    from ablation.paths import PROJECT_ROOT
+    for path in sorted((PROJECT_ROOT / "studies").glob("*.yaml")):
+        scales = yaml.safe_load(path.read_text()).get("scales") or {"cpu": {}}
+        for scale in scales:
+            assert load_study(path.stem, scale).trials, (path.stem, scale)
 
 
 def test_diverged_trial_fails_with_reason_and_study_goes_on(tmp_path, tracking_store, synthetic):
