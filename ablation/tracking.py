@@ -13,7 +13,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports sent out (set to false to allow)
+import mlflow  # noqa: E402  (after the switch: MLflow reads it when its telemetry starts)
 import numpy as np
 import pandas as pd
 import torch
