@@ -26,7 +26,7 @@ COLUMNS = ["metrics.`test_auc`", "metrics.`test_ap`", "metrics.`test_f1`", "metr
 class Browser:
     """Chromium driven through the DevTools pipe: fd 3 carries commands in, fd 4 replies out."""
 
-    def __init__(self, width: int = 1400, height: int = 760):
+    def __init__(self, width: int = 1400, height: int = 1000):
         to_chrome_r, self._w = os.pipe()
         self._r, from_chrome_w = os.pipe()
         self._profile = tempfile.mkdtemp(prefix="mlflow-shot-")
