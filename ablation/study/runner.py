@@ -103,14 +103,14 @@ def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device
     """Train the distinct teachers of these student configs that MLflow lacks before any worker
     starts (no trial's time includes one): one after another, or with `workers` > 1 that many at
     once in their own processes, each on its share of the cores."""
-    teachers = list({t.key(): t for c in configs if c.role == "student" for t in c.teacher_configs()}.values())
-    missing = [t for t in teachers
-               if not tracking.find_finished(TEACHER_EXPERIMENT,
-                                             run_key(t, load_data(t.data, beats=beats, progress=False).fingerprint))]
-    if workers <= 1 or len(missing) <= 1:
-        for tcfg in missing:
-            ensure_teacher(tcfg, load_data(tcfg.data, beats=beats, progress=progress), device, progress)
+    teachers = {t.key(): t for c in configs if c.role == "student" for t in c.teacher_configs()}.values()
+    missing = ((t, d) for t in teachers for d in [load_data(t.data, beats=beats, progress=False)]
+               if not tracking.find_finished(TEACHER_EXPERIMENT, run_key(t, d.fingerprint)))  # one split at a time
+    if workers <= 1:
+        for tcfg, tdata in missing:
+            ensure_teacher(tcfg, tdata, device, progress)
         return
+    missing = [t for t, _ in missing]
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     with tempfile.TemporaryDirectory() as tmp:
         cmds = []
@@ -125,18 +125,14 @@ def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device
 
 def _run_at_most(cmds: list[list[str]], slots: int) -> None:
     """Run the commands, at most `slots` at a time; a failed one fails the whole after the others end."""
-    running: list[subprocess.Popen] = []
-    failed = []
-    for cmd in cmds + [None] * slots:
-        while len(running) >= slots or (cmd is None and running):
-            for p in [p for p in running if p.poll() is not None]:
-                running.remove(p)
-                if p.returncode:
-                    failed.append(p)
-            if len(running) >= slots or (cmd is None and running):
-                time.sleep(1)
-        if cmd is not None:
-            running.append(subprocess.Popen(cmd))
+    pending, running, failed = list(cmds), [], []
+    while pending or running:
+        while pending and len(running) < slots:
+            running.append(subprocess.Popen(pending.pop(0)))
+        time.sleep(1)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            failed += [p] if p.returncode else []
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(cmds)} teacher runs failed (exit {failed[0].returncode}: "
                            f"{' '.join(failed[0].args[:6])} ...); their errors are printed above")

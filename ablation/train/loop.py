@@ -14,6 +14,7 @@ recomputed for it (see `Averaged`), which damps the epoch-to-epoch swing of a GA
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 import time
@@ -92,6 +93,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     G, D = model.G, model.D
     opt_g, opt_d, scheds = optimisers(tc, G, D, terms)
     train_x = data.train.to(device)
+    data = dataclasses.replace(data, val=dataclasses.replace(data.val, x=data.val.x.to(device)))  # once, not per check
     n_batches = len(train_x) // tc.batch_size  # drop the last partial batch, as BeatGAN does
     if n_batches == 0:
         raise ValueError(f"train set has {len(train_x)} beats, fewer than one batch of {tc.batch_size}")
