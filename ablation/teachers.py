@@ -1,6 +1,6 @@
 """Exported teachers: a trained teacher's checkpoint under ``runs/teachers/<run key>.pt``
 (git-ignored: checkpoints are not committed) and its row in the committed ``results/teachers.csv``
-(key, fold, seed, metrics, the checkpoint's SHA-256). Copy ``runs/teachers/`` to another machine and
+(key, run, fold, seed, metrics, the checkpoint's SHA-256; one row per exported run). Copy ``runs/teachers/`` to another machine and
 it finds the very teacher a study was trained against instead of training another (CPU float
 arithmetic differs between machines, so a retrained teacher would not be the same model); the
 table says which teacher each study used and what it measured either way.
@@ -26,7 +26,7 @@ METRICS = ("best_val_auc", "best_val_at", "epochs_run", "test_auc", "test_ap", "
 
 def _table() -> pd.DataFrame:
     path = RESULTS / TABLE
-    return pd.read_csv(path, dtype={"run_key": str}) if path.exists() else pd.DataFrame(columns=["run_key"])
+    return pd.read_csv(path, dtype={"run_key": str}) if path.exists() else pd.DataFrame(columns=["run_key", "run_id"])
 
 
 def _sha256(path: Path) -> str:
@@ -34,20 +34,26 @@ def _sha256(path: Path) -> str:
 
 
 def export(run_id: str) -> Path:
-    """Write the teacher run's checkpoint and its row (key, fold, seed, metrics, file hash)."""
+    """Write the teacher run's checkpoint and its row (key, run, fold, seed, metrics, file hash)."""
     run = tracking.get_run(run_id)
     key = run.data.tags["run_key"]
     cfg, state = tracking.load_checkpoint(run_id)
     path = RUNS / "teachers" / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, path)
-    row = {"run_key": key, "run_id": run_id, "fold": cfg.data.fold, "seed": cfg.train.seed,
-           **{m: run.data.metrics.get(m) for m in METRICS}, "data_fingerprint": run.data.tags.get("data_fingerprint"),
-           "git_commit": run.data.tags.get("git_commit"), "sha256": _sha256(path)}
-    table = _table()
-    table = pd.concat([table[table["run_key"] != key], pd.DataFrame([row])], ignore_index=True)
-    table.sort_values(["fold", "seed"], kind="stable").to_csv(RESULTS / TABLE, index=False, float_format="%.6g")
+    _record({"run_key": key, "run_id": run_id, "fold": cfg.data.fold, "seed": cfg.train.seed,
+             **{m: run.data.metrics.get(m) for m in METRICS}, "data_fingerprint": run.data.tags.get("data_fingerprint"),
+             "git_commit": run.data.tags.get("git_commit"), "sha256": _sha256(path)})
     return path
+
+
+def _record(row: dict) -> None:
+    """Add a teacher run's row; rows of earlier runs with the same key stay (a retrained teacher
+    need not be the same model, and committed trials cite the run they were trained against)."""
+    table = _table()
+    table = pd.concat([table[table["run_id"] != row["run_id"]], pd.DataFrame([row])], ignore_index=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table.sort_values(["fold", "seed"], kind="stable").to_csv(RESULTS / TABLE, index=False, float_format="%.6g")
 
 
 def import_teacher(key: str, experiment: str) -> str | None:
@@ -58,10 +64,11 @@ def import_teacher(key: str, experiment: str) -> str | None:
     path = RUNS / "teachers" / f"{key}.pt"
     if rows.empty or not path.is_file():
         return None
-    row = rows.iloc[-1]
-    if _sha256(path) != row["sha256"]:
-        raise tracking.StoreError(f"{path}: not the checkpoint {RESULTS / TABLE} lists for teacher {key} "
+    matching = rows[rows["sha256"] == _sha256(path)]
+    if matching.empty:
+        raise tracking.StoreError(f"{path}: none of the teacher {key} checkpoints {RESULTS / TABLE} lists "
                                   f"(SHA-256 differs); remove the file to train the teacher again")
+    row = matching.iloc[-1]
     tags = {"role": "teacher", "run_key": key, "imported_from": str(row["run_id"]),
             "data_fingerprint": str(row["data_fingerprint"]), "git_commit": str(row["git_commit"])}
     return tracking.log_imported(experiment, f"teacher-{key[:8]} (imported)", tags,

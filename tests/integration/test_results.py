@@ -61,7 +61,8 @@ def test_an_exported_teacher_is_found_on_a_fresh_store_not_retrained(tmp_path, t
     data = load_data(cfg.data, beats=synthetic, progress=False)
     first, model = run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
     path = teachers.export(first)
-    row = pd.read_csv(results.RESULTS / "teachers.csv").iloc[-1]
+    table = pd.read_csv(results.RESULTS / "teachers.csv")
+    row = table[table["run_id"] == first].iloc[0]
     assert path.is_file() and row["run_id"] == first and row["seed"] == 77 and 0 <= row["test_auc"] <= 1
     old = mlflow.get_tracking_uri()
     tracking.setup(f"sqlite:///{tmp_path / 'fresh.db'}")
@@ -80,3 +81,31 @@ def test_an_exported_teacher_is_found_on_a_fresh_store_not_retrained(tmp_path, t
         assert teachers.import_teacher(row["run_key"], "teachers") is None
     finally:
         tracking.setup(old)
+
+
+def test_a_retrained_teacher_keeps_the_row_of_the_one_a_study_used(tracking_store):
+    """A fold's teacher trained again on another machine has the same key but may not be the same
+    model: its export adds a row and keeps the earlier run's (committed trials cite its run id), and
+    an import takes the row whose SHA-256 is that of the checkpoint on this machine."""
+    from ablation import teachers
+    path = teachers.RUNS / "teachers" / "k1.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run_id, content in (("old", b"first model"), ("new", b"second model")):
+        path.write_bytes(content)
+        rows.append({"run_key": "k1", "run_id": run_id, "fold": 1, "seed": 0,
+                     **{m: 0.9 for m in teachers.METRICS},
+                     "data_fingerprint": "f", "git_commit": "c", "sha256": teachers._sha256(path)})
+        teachers._record(rows[-1])
+    def runs_of_k1():
+        table = pd.read_csv(results.RESULTS / "teachers.csv")
+        return list(table.loc[table["run_key"] == "k1", "run_id"])
+    assert runs_of_k1() == ["old", "new"]
+    path.write_bytes(b"first model")  # the earlier teacher's checkpoint copied here
+    imported = teachers.import_teacher("k1", "teachers")
+    assert MlflowClient().get_run(imported).data.tags["imported_from"] == "old"
+    path.write_bytes(b"neither")
+    with pytest.raises(tracking.StoreError, match="SHA-256"):
+        teachers.import_teacher("k1", "teachers")
+    teachers._record({**rows[0], "test_auc": 0.8})  # the same run exported again: replaced, not doubled
+    assert sorted(runs_of_k1()) == ["new", "old"]
