@@ -33,7 +33,7 @@ from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats
 from ablation.paths import DASHBOARDS
 from ablation.run import execute
-from ablation.study import queue
+from ablation.study import queue, search_table
 from ablation.study.runner import ensure_teachers, parent_run, run_study, study_beats
 from ablation.study.spec import StudySpec, Trial
 from ablation.train.loop import Diverged, pick_device
@@ -155,6 +155,18 @@ class TargetReached:
             study.stop()
 
 
+def open_search(spec: StudySpec, search: SearchSpec, storage_url: str | None) -> optuna.Study:
+    """The search's Optuna study; where the storage lacks it, rebuilt from the committed table of
+    its finished trials (`search_table`), so a fresh machine resumes the search."""
+    study = optuna.create_study(study_name=tune_name(spec), storage=queue.open_storage(storage_url),
+                                direction="maximize", sampler=make_sampler(search.sampler), load_if_exists=True,
+                                pruner=make_pruner(search.pruner, spec.trials[0].config.train.epochs))
+    if n := search_table.replay(spec.name, spec.scale, study, search.params):
+        print(f"search {tune_name(spec)}: {n} finished trials replayed from {search_table.table_path(spec.name)}",
+              flush=True)
+    return study
+
+
 def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | None = None,
                beats: Beats | None = None, device: str | None = None, progress: bool = False) -> optuna.Study:
     """One worker's share of the search (start several for parallel search on a shared storage)."""
@@ -162,10 +174,7 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
     base = spec.trials[0].config.to_dict()
     beats = study_beats(spec, mitdb, beats)
     ensure_teachers([spec.trials[0].config], beats, pick_device(device or spec.trials[0].config.train.device), progress)
-    storage = queue.open_storage(storage_url)
-    study = optuna.create_study(study_name=tune_name(spec), storage=storage, direction="maximize",
-                                sampler=make_sampler(search.sampler), load_if_exists=True,
-                                pruner=make_pruner(search.pruner, spec.trials[0].config.train.epochs))
+    study = open_search(spec, search, storage_url)
     for b in search.baselines:  # known settings first: the search starts from them
         values = {k: v for k, v in b.set.items() if k in search.params}
         defaults = {k: _dotted_get(base, k) for k in search.params if k not in values}
@@ -200,7 +209,8 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
     if len(study.trials) < search.n_trials or study.get_trials(states=(TrialState.WAITING,)):
         try:
             study.optimize(objective, timeout=timeout, catch=(Diverged,),
-                           callbacks=[optuna.study.MaxTrialsCallback(search.n_trials, states=None),
+                           callbacks=[lambda st, _: search_table.write(spec.name, spec.scale, st),
+                                      optuna.study.MaxTrialsCallback(search.n_trials, states=None),
                                       TargetReached(search.target)])
         except BaseException:
             tracking.set_status(parent, "KILLED")  # interrupted: a rerun resumes the same search
@@ -285,11 +295,10 @@ def tune(spec: StudySpec, storage: str | None, search: bool = True, confirm: boo
         print(format_summary(search_summary(run_search(spec, storage, mitdb=mitdb, device=device))))
     if not confirm:
         return
-    try:
-        study = optuna.load_study(study_name=tune_name(spec), storage=queue.open_storage(storage))
-    except KeyError as e:
-        raise LookupError(f"no search {tune_name(spec)!r} in the Optuna storage to confirm; "
-                          f"run `python -m ablation tune {spec.name}` first") from e
+    study = open_search(spec, parse_search(spec), storage)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise LookupError(f"no finished trial of the search {tune_name(spec)!r} (Optuna storage or "
+                          f"{search_table.table_path(spec.name)}) to confirm; run `python -m ablation tune {spec.name}` first")
     conf = confirm_spec(spec, study, list(folds), list(seeds))
     run_study(conf, storage_url=storage, mitdb=mitdb, device=device)
     from ablation.report import build_report

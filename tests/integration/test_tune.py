@@ -123,3 +123,31 @@ def test_search_summary_counts_states_and_pruning_savings():
     assert s["saved_s"] == 2 * 120 - 80  # two pruned trials would have run 120 s each
     assert s["saved_fraction"] == pytest.approx(160 / (360 + 80 + 160))
     assert "3 complete, 2 pruned, 1 failed" in format_summary(s)
+
+
+def test_a_search_resumes_on_a_fresh_machine_from_its_committed_table(tmp_path, tracking_store, synthetic,
+                                                                      monkeypatch):
+    """The Optuna storage is lost with the machine; results/<study>-search.csv is committed: a
+    search on an empty storage replays it (nothing retrained, the budget counts it) and goes on."""
+    import pandas as pd
+    from ablation.study import results, tune
+    weight = {"distill.kd.weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True}}
+    search = {"params": weight, "n_trials": 2, "target": 0.999, "pruner": {"name": "none"}}
+    first = run_search(study_file(tmp_path, search, "tune_r"), f"journal:{tmp_path / 'a.log'}", beats=synthetic)
+    table = pd.read_csv(results.RESULTS / "tune_r-search.csv")
+    assert list(table["state"]) == ["COMPLETE", "COMPLETE"] and table["value"].tolist() == pytest.approx(
+        [t.value for t in first.trials], rel=1e-5)
+    real_execute = tune.execute
+    monkeypatch.setattr(tune, "execute", lambda *a, **k: pytest.fail("a finished trial was trained again"))
+    again = run_search(study_file(tmp_path, search, "tune_r"), f"journal:{tmp_path / 'b.log'}", beats=synthetic)
+    assert [(t.params, t.intermediate_values) for t in again.trials] == [
+        (t.params, pytest.approx(t.intermediate_values, rel=1e-5)) for t in first.trials]
+    assert again.trials[0].user_attrs["baseline"] == "untuned"  # the baseline is not enqueued twice
+    monkeypatch.setattr(tune, "execute", real_execute)
+    more = run_search(study_file(tmp_path, {**search, "n_trials": 3}, "tune_r"), f"journal:{tmp_path / 'c.log'}",
+                      beats=synthetic)
+    assert len(more.trials) == 3 and len(pd.read_csv(results.RESULTS / "tune_r-search.csv")) == 3
+    other = {"distill.kd.T": {"type": "float", "low": 1.0, "high": 8.0}}
+    with pytest.raises(ValueError, match="tune_r-search.csv: trial 0 does not fit"):
+        run_search(study_file(tmp_path, {**search, "params": other}, "tune_r"), f"journal:{tmp_path / 'd.log'}",
+                   beats=synthetic)
