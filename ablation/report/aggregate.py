@@ -10,9 +10,9 @@ t-distribution for test AUC, AP and best F1, and the difference to a baseline va
 (fold, seed) pairs: its mean and t confidence interval, a two-sided Wilcoxon signed-rank test,
 Holm-adjusted p-values across the variants, the share of the teacher-baseline gap it closes, and
 the smallest difference the design could detect (paired t, power 0.8, at alpha / comparisons).
-A reference row holds the teachers the runs name (one per fold). Where a statistic cannot be given
-(std/CI with fewer than 2 runs; Wilcoxon with fewer than `MIN_PAIRS` pairs) the table holds NaN and
-`notes` says why.
+A reference row holds the teachers the runs name (one per fold; more where a fold's teacher was
+trained again). Where a statistic cannot be given (std/CI with fewer than 2 runs; Wilcoxon with
+fewer than `MIN_PAIRS` pairs) the table holds NaN and `notes` says why.
 
 The pure functions (`keep_latest`, `describe`, `paired_test`, `summarize`, ...) need no MLflow;
 `collect` reads a study from the tracking store into a `ReportData`.
@@ -263,7 +263,7 @@ def gap_closed(runs: pd.DataFrame, variant: str, baseline: str, metric: str) -> 
 
 
 def teacher_row(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> dict[str, Any] | None:
-    """The teachers the runs name (one per fold), as a reference row of the summary."""
+    """The distinct teachers the runs name, as a reference row of the summary."""
     if "teacher_run_id" not in runs or f"teacher_{metrics[0]}" not in runs:
         return None
     t = runs.dropna(subset=["teacher_run_id"]).drop_duplicates("teacher_run_id")
@@ -272,7 +272,8 @@ def teacher_row(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> dict[st
     row: dict[str, Any] = {"variant": "teacher", "n_runs": len(t), "is_baseline": False, "is_reference": True,
                            "n_pairs": math.nan, "n_params": _constant(t["teacher_params"]),
                            "compression_ratio": 1.0, "teacher_params": _constant(t["teacher_params"]),
-                           "notes": f"reference: the {len(t)} teacher run(s), one per fold"}
+                           "notes": f"reference: the {len(t)} teacher run(s) the students name, "
+                                    f"{t['fold'].nunique() if 'fold' in t else '?'} fold(s)"}
     for m in metrics:
         d = describe(t.get(f"teacher_{m}", pd.Series(dtype=float)))
         row.update({f"{m}_mean": d.mean, f"{m}_std": d.std, f"{m}_ci_low": d.ci_low, f"{m}_ci_high": d.ci_high})
