@@ -101,8 +101,8 @@ def study_beats(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beat
 def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device, progress: bool = True,
                     workers: int = 1, mitdb: str | None = None, device_name: str | None = None) -> None:
     """Train the distinct teachers of these student configs that MLflow lacks before any worker
-    starts (no trial's time includes one): one after another, or with `workers` > 1 that many at
-    once in their own processes, each on its share of the cores."""
+    starts (no trial's time includes one): one after another, or with `workers` > 1 up to that many
+    at once in their own processes, the cores shared among those running."""
     teachers = {t.key(): t for c in configs if c.role == "student" for t in c.teacher_configs()}.values()
     missing = ((t, d) for t in teachers for d in [load_data(t.data, beats=beats, progress=False)]
                if not tracking.find_finished(TEACHER_EXPERIMENT, run_key(t, d.fingerprint)))  # one split at a time
@@ -111,7 +111,9 @@ def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device
             ensure_teacher(tcfg, tdata, device, progress)
         return
     missing = [t for t, _ in missing]
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    if not missing:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // min(workers, len(missing)))  # one teacher: every core
     with tempfile.TemporaryDirectory() as tmp:
         cmds = []
         for i, tcfg in enumerate(missing):

@@ -210,3 +210,20 @@ def test_two_workers_train_a_studys_missing_teachers_at_once(tmp_path, mitdb):
     students = _finished(runs, "teachers2")
     used = {client.get_run(ids[0]).data.tags["teacher_run_id"] for ids in students.values()}
     assert used == {a.info.run_id, b.info.run_id}
+
+
+@pytest.mark.parametrize("workers,folds,threads", [(2, [0], 4), (2, [0, 1], 2), (4, [0, 1], 2)])
+def test_missing_teachers_train_at_most_workers_at_once_on_the_cores_there_are(
+        tracking_store, synthetic, monkeypatch, workers, folds, threads):
+    """Teachers a study lacks train in their own processes before its trials: up to `workers` at
+    once, the cores split among those that run, so a lone teacher gets all of them."""
+    from ablation.study import runner
+    from support.tiny import tiny
+    started = []
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: set(range(4)))
+    monkeypatch.setattr(runner, "_run_at_most", lambda cmds, slots: started.append((cmds, slots)))
+    configs = [tiny("student", data={"fold": f}) for f in folds]
+    runner.ensure_teachers(configs, synthetic, device=None, progress=False, workers=workers)
+    [(cmds, slots)] = started
+    assert len(cmds) == len(folds) and slots == workers
+    assert all(c[c.index("--threads") + 1] == str(threads) for c in cmds)
