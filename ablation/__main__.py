@@ -207,28 +207,38 @@ def cmd_ensemble(args) -> None:
     import pandas as pd
 
     from ablation import tracking
-    from ablation.data.dataset import load_data
-    from ablation.run import load_model
-    from ablation.train.ensemble import curve, member
     from ablation.train.loop import pick_device
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
-    refs = [(f"{r}:{i}", p) for r in args.models for i, p in enumerate(tracking.snapshot_refs(r))] \
-        if args.snapshots else [(r, r) for r in args.models]
+    groups = [[r] for r in args.models] if args.each else [args.models]
+    tables = [_ensemble_table(g, args.snapshots, args.mitdb, device).assign(runs=" ".join(g)) for g in groups]
+    table = pd.concat(tables, ignore_index=True)
+    print(table.drop(columns=["members", "runs"]).to_string(index=False, float_format="%.4f"))
+    if args.csv:
+        table.to_csv(args.csv, index=False, float_format="%.6g")
+        print(f"wrote {args.csv}")
+
+
+def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device):
+    """The K = 1..n table of one ensemble: the given runs, or with `snapshots` the snapshots they kept."""
+    import pandas as pd
+
+    from ablation import tracking
+    from ablation.data.dataset import load_data
+    from ablation.run import load_model
+    from ablation.train.ensemble import curve, member
+    refs = [(f"{r}:{i}", p) for r in runs for i, p in enumerate(tracking.snapshot_refs(r))] \
+        if snapshots else [(r, r) for r in runs]
     if not refs:
-        raise ValueError(f"none of {' '.join(args.models)} kept snapshots (train.snapshots > 1)")
+        raise ValueError(f"none of {' '.join(runs)} kept snapshots (train.snapshots > 1)")
     loaded = [(name, *tracking.load_checkpoint(p, device)) for name, p in refs]
     folds = {(c.data.fold, c.data.split, c.data.nc) for _, c, _ in loaded}
     if len(folds) > 1:
         raise ValueError(f"ensemble members must share one fold, split and nc; got {sorted(folds)}")
-    data = load_data(loaded[0][1].data, args.mitdb, progress=False)
+    data = load_data(loaded[0][1].data, mitdb, progress=False)
     members = [member(name, load_model(c, st, device), data, c.train.score_feat_weight) for name, c, st in loaded]
-    table = pd.DataFrame(curve(members, data)).assign(fold=loaded[0][1].data.fold)
-    print(table.drop(columns="members").to_string(index=False, float_format="%.4f"))
-    if args.csv:
-        table.to_csv(args.csv, index=False, float_format="%.6g")
-        print(f"wrote {args.csv}")
+    return pd.DataFrame(curve(members, data)).assign(fold=loaded[0][1].data.fold)
 
 
 def cmd_history(args) -> None:
@@ -339,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(en, config=False)
     en.add_argument("models", nargs="+", help="MLflow run ids or checkpoint paths, one fold")
     en.add_argument("--snapshots", action="store_true", help="the members are the snapshots the runs kept")
+    en.add_argument("--each", action="store_true", help="one ensemble per run (with --snapshots: of its own snapshots)")
     en.add_argument("--csv", help="also write the table to this CSV file")
     en.set_defaults(func=cmd_ensemble)
 

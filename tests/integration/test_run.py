@@ -193,6 +193,27 @@ def test_snapshot_ensemble_of_one_is_the_run_itself(tracking_store, synthetic):
     assert abs(normals.mean()) < 1e-9 and normals.std() == pytest.approx(1.0)
 
 
+def test_ensemble_cli_each_run_of_its_own_snapshots(tracking_store, synthetic, monkeypatch, tmp_path):
+    """`ensemble RUN_A RUN_B --snapshots --each`: one K = 1..k table per run, in one CSV; without
+    --each the runs' snapshots are members of one ensemble (synthetic beats stand in for the records)."""
+    import pandas as pd
+    from ablation.data import dataset
+    real = dataset.load_data
+    monkeypatch.setattr(dataset, "load_data", lambda cfg, mitdb=None, **kw: real(cfg, beats=synthetic, **kw))
+    cfg = {**TINY, "train": {"epochs": 3, "device": "cpu", "val_per_epoch": 2, "snapshots": 2, "snapshot_gap": 0.5}}
+    runs = [execute(from_dict(RunConfig, {**cfg, "train": {**cfg["train"], "seed": s}}), beats=synthetic,
+                    progress=False) for s in (0, 1)]
+    csv = tmp_path / "each.csv"
+    assert main(["ensemble", *[r.run_id for r in runs], "--snapshots", "--each", "--csv", str(csv)]) == 0
+    table = pd.read_csv(csv)
+    assert list(table["k"]) == [1, 2, 1, 2] and list(table["runs"]) == [runs[0].run_id] * 2 + [runs[1].run_id] * 2
+    for r in runs:
+        assert table[(table["runs"] == r.run_id) & (table["k"] == 1)]["test_auc"].item() == pytest.approx(
+            r.result.test["auc"], abs=1e-5)
+    assert main(["ensemble", *[r.run_id for r in runs], "--snapshots", "--csv", str(csv)]) == 0
+    assert list(pd.read_csv(csv)["k"]) == [1, 2, 3, 4]
+
+
 def test_ensemble_averages_standardised_scores():
     """Two noisy (standardised) members: their average ranks better than either alone."""
     from types import SimpleNamespace
