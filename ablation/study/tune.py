@@ -84,7 +84,9 @@ def parse_search(spec: StudySpec) -> SearchSpec:
     """The study's ``search`` section, validated: every parameter must be a known config key whose
     sampled values make a valid config."""
     src = f"{spec.path}: search"
-    raw = dict(spec.search or {})
+    if not spec.search:
+        raise ConfigError(f"{spec.path}: no search section: a study needs `search.params` to be tuned")
+    raw = dict(spec.search)
     params = raw.pop("params", None)
     if not params or not isinstance(params, dict):
         raise ConfigError(f"{src}: `params` must map dotted config keys to distributions")
