@@ -10,3 +10,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("ABLATION_RUNS", PROJECT_ROOT / "runs")).resolve()
 RESULTS = Path(os.environ.get("ABLATION_RESULTS", PROJECT_ROOT / "results")).resolve()
 DASHBOARDS = PROJECT_ROOT / "dashboards"  # report pages (their .html and .csv are git-ignored)
+
+
+def replace_csv(path: Path, frame) -> None:
+    """Write the DataFrame `frame` to `path` at once (a temporary file renamed over it: no reader of
+    a results/ table sees half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)

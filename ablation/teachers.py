@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ablation import tracking
-from ablation.paths import RESULTS, RUNS
+from ablation.paths import RESULTS, RUNS, replace_csv
 
 TABLE = "teachers.csv"
 METRICS = ("best_val_auc", "best_val_at", "epochs_run", "test_auc", "test_ap", "test_f1")
@@ -52,8 +52,7 @@ def _record(row: dict) -> None:
     need not be the same model, and committed trials cite the run they were trained against)."""
     table = _table()
     table = pd.concat([table[table["run_id"] != row["run_id"]], pd.DataFrame([row])], ignore_index=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table.sort_values(["fold", "seed"], kind="stable").to_csv(RESULTS / TABLE, index=False, float_format="%.6g")
+    replace_csv(RESULTS / TABLE, table.sort_values(["fold", "seed"], kind="stable"))
 
 
 def import_teacher(key: str, experiment: str) -> str | None:

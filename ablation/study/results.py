@@ -9,13 +9,12 @@ validation and test metrics, when and where it ran (`COLUMNS`).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from ablation import tracking
-from ablation.paths import RESULTS
+from ablation.paths import RESULTS, replace_csv
 
 IDENTITY = ["trial_key", "run_id", "status", "scale", "variant", "base_variant", "fold", "seed"]
 METRIC_COLUMNS = ["best_val_auc", "best_val_ap", "best_val_f1", "best_epoch", "best_val_at", "epochs_run",
@@ -70,10 +69,6 @@ def merge(committed: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
 def write(study: str, fresh: pd.DataFrame) -> Path:
     """Merge `fresh` (finished runs, `table` columns) into ``results/<study>.csv`` under a file lock."""
     path = results_path(study)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with tracking.key_lock(f"results-{study}"):  # under runs/locks: nothing but tables in results/
-        out = merge(load(study), table(fresh))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        out.to_csv(tmp, index=False, float_format="%.6g")
-        os.replace(tmp, path)
+        replace_csv(path, merge(load(study), table(fresh)))
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import optuna
@@ -18,6 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from ablation import tracking
+from ablation.paths import replace_csv
 from ablation.study.results import results_path
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -51,11 +51,7 @@ def write(study_name: str, scale: str, study: optuna.Study) -> None:
     with tracking.key_lock(f"search-{study_name}"):
         old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["scale"])
         rows = pd.DataFrame([_row(t, scale) for t in study.get_trials(deepcopy=False, states=FINISHED)])
-        out = pd.concat([old[old["scale"] != scale], rows], ignore_index=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        out.to_csv(tmp, index=False, float_format="%.6g")
-        os.replace(tmp, path)
+        replace_csv(path, pd.concat([old[old["scale"] != scale], rows], ignore_index=True))
 
 
 def replay(study_name: str, scale: str, study: optuna.Study, params: dict) -> int:
