@@ -212,7 +212,8 @@ def cmd_ensemble(args) -> None:
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
     groups = [[r] for r in args.models] if args.each else [args.models]
-    tables = [_ensemble_table(g, args.snapshots, args.mitdb, device).assign(runs=" ".join(g)) for g in groups]
+    splits: dict = {}  # runs of one fold share their loaded split
+    tables = [_ensemble_table(g, args.snapshots, args.mitdb, device, splits).assign(runs=" ".join(g)) for g in groups]
     table = pd.concat(tables, ignore_index=True)
     print(table.drop(columns=["members", "runs"]).to_string(index=False, float_format="%.4f"))
     if args.csv:
@@ -220,8 +221,9 @@ def cmd_ensemble(args) -> None:
         print(f"wrote {args.csv}")
 
 
-def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device):
-    """The K = 1..n table of one ensemble: the given runs, or with `snapshots` the snapshots they kept."""
+def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device, splits: dict):
+    """The K = 1..n table of one ensemble: the given runs, or with `snapshots` the snapshots they kept
+    (`splits`: loaded data by data config, filled as needed)."""
     import pandas as pd
 
     from ablation import tracking
@@ -236,7 +238,10 @@ def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device)
     folds = {(c.data.fold, c.data.split, c.data.nc) for _, c, _ in loaded}
     if len(folds) > 1:
         raise ValueError(f"ensemble members must share one fold, split and nc; got {sorted(folds)}")
-    data = load_data(loaded[0][1].data, mitdb, progress=False)
+    key = repr(loaded[0][1].data)
+    if key not in splits:
+        splits[key] = load_data(loaded[0][1].data, mitdb, progress=False)
+    data = splits[key]
     members = [member(name, load_model(c, st, device), data, c.train.score_feat_weight) for name, c, st in loaded]
     return pd.DataFrame(curve(members, data)).assign(fold=loaded[0][1].data.fold)
 
