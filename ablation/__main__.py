@@ -258,12 +258,12 @@ def cmd_history(args) -> None:
 
 
 def cmd_report(args) -> None:
-    """Write dashboards/NAME.html (and .csv): the study's runs compared, with statistics."""
+    """Write dashboards/NAME.html (and .csv, .md): the study's runs compared, with statistics."""
     from ablation import tracking
     from ablation.report import build_report
     tracking.setup(args.tracking_uri)
     path = build_report(args.name, Path(args.out), baseline=args.baseline, scale=args.scale)
-    print(f"wrote {path} and {path.with_suffix('.csv')}")
+    print(f"wrote {path}, {path.with_suffix('.csv')} and {path.with_suffix('.md')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

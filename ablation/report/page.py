@@ -20,6 +20,7 @@ from plotly.offline import get_plotlyjs
 from ablation.report.aggregate import (ALPHA, CONFIDENCE, METRIC_LABELS, METRICS, MIN_PAIRS, ReportData,
                                        collect, with_reference)
 from ablation.report.figures import FigureSpec, figure_specs
+from ablation.report.markdown import markdown_table
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
@@ -191,12 +192,15 @@ def safe_name(study: str) -> str:
 
 
 def write_report(data: ReportData, out_dir: Path) -> Path:
-    """Write ``<out_dir>/<study>.html`` and ``<out_dir>/<study>.csv``; return the HTML path."""
+    """Write ``<out_dir>/<study>.html``, ``.csv`` and ``.md`` (the summary as a Markdown table); return
+    the HTML path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = safe_name(data.study)
     csv_path, html_path = out_dir / f"{name}.csv", out_dir / f"{name}.html"
-    with_reference(data.summary, data.runs).to_csv(csv_path, index=False, float_format="%.6g")
+    table = with_reference(data.summary, data.runs)
+    table.to_csv(csv_path, index=False, float_format="%.6g")
+    (out_dir / f"{name}.md").write_text(markdown_table(table, data.baseline), encoding="utf-8")
     html_path.write_text(render(data, csv_path.name), encoding="utf-8")
     return html_path
 

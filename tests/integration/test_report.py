@@ -240,3 +240,33 @@ def test_paired_ci_gap_closed_and_detectable_difference():
         row["test_auc_p"])  # one comparison: Holm leaves p alone
     assert agg.gap_closed(_paired(d, teacher_lead=-0.01), "v", "a", "test_auc") != agg.gap_closed(runs, "v", "a",
                                                                                                    "test_auc")
+
+
+def test_markdown_table_rows_deltas_and_bold_holm(tmp_path):
+    from ablation.report.markdown import markdown_table
+    table = agg.with_reference(agg.summarize(_runs(), "student_alone"), _runs())
+    md = markdown_table(table, "student_alone").splitlines()
+    assert len(md) == 2 + len(table)  # header, rule, one row per variant
+    rows = {line.split(" | ")[0].strip("| `"): line for line in md[2:]}
+    kd, base = _row(table, "kd"), rows["student_alone` (baseline)"]
+    assert f"{kd['test_auc_mean']:.4f} ± {kd['test_auc_std']:.4f}" in rows["kd"]
+    assert f"{kd['test_auc_delta']:+.4f} [{kd['test_auc_delta_ci_low']:+.4f}, " in rows["kd"]
+    bold = kd["test_auc_p_holm"] < 0.05
+    assert (f"**{kd['test_auc_p_holm']:.3f}**" in rows["kd"]) == bold
+    assert base.count("—") == 5  # the baseline has no difference to itself
+    write_report(synthetic_report_data(), tmp_path)
+    assert (tmp_path / "synthetic_demo.md").read_text().startswith("| variant | runs |")
+
+
+def test_the_readme_headline_table_is_the_committed_study_report(tracking_store):
+    """The README's results table is `make report NAME=headline`'s .md, rebuilt from the committed
+    results/headline.csv (real MIT-BIH runs) on an empty MLflow store."""
+    import shutil
+    from ablation.paths import PROJECT_ROOT, RESULTS
+    from ablation.report.markdown import markdown_table
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "results" / "headline.csv", RESULTS / "headline.csv")
+    data = agg.collect("headline")
+    table = markdown_table(agg.with_reference(data.summary, data.runs), data.baseline)
+    assert len(data.runs) == 90 and data.summary["n_pairs"].dropna().eq(10).all()
+    assert table in (PROJECT_ROOT / "README.md").read_text()
