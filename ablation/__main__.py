@@ -246,6 +246,12 @@ def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device,
     return pd.DataFrame(curve(members, data)).assign(fold=loaded[0][1].data.fold)
 
 
+def cmd_standings(args) -> None:
+    """The platform's best detectors against test AUC 0.95, best first, from the committed results/ tables."""
+    from ablation.report.standings import markdown, standings
+    print(markdown(standings()), end="")
+
+
 def cmd_history(args) -> None:
     """Per-epoch metrics of MLflow runs (learning curves) as one CSV table."""
     import pandas as pd
@@ -363,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--csv", required=True, help="the CSV file to write")
     h.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     h.set_defaults(func=cmd_history)
+
+    st = sub.add_parser("standings", help=cmd_standings.__doc__, description=cmd_standings.__doc__)
+    st.set_defaults(func=cmd_standings)
 
     s = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
     common(s, config=False)

@@ -270,3 +270,30 @@ def test_the_readme_headline_table_is_the_committed_study_report(tracking_store)
     table = markdown_table(agg.with_reference(data.summary, data.runs), data.baseline)
     assert len(data.runs) == 90 and data.summary["n_pairs"].dropna().eq(10).all()
     assert table in (PROJECT_ROOT / "README.md").read_text()
+
+
+def test_standings_from_committed_tables_by_hand(tmp_path):
+    from ablation.report.standings import markdown, standings
+    pd.DataFrame({"run_id": ["t0", "t1old", "t1", "unused"], "fold": [0, 1, 1, 2],
+                  "test_auc": [0.94, 0.90, 0.93, 0.99]}).to_csv(tmp_path / "teachers.csv", index=False)
+    pd.DataFrame({"variant": ["student_alone", "kd_recon"] * 2, "fold": [0, 0, 1, 1],
+                  "test_auc": [0.88, 0.90, 0.86, 0.89], "teacher_run_id": ["t0", "t0", "t1old", "t1"]}
+                 ).to_csv(tmp_path / "headline.csv", index=False)
+    pd.DataFrame({"runs": ["t1", "t1", "t0", "t0"], "k": [1, 2, 1, 2], "fold": [1, 1, 0, 0],
+                  "val_auc": [0.95, 0.96, 0.95, 0.94], "test_auc": [0.93, 0.91, 0.94, 0.95]}
+                 ).to_csv(tmp_path / "snapshots_teachers.csv", index=False)
+    table = standings(tmp_path).set_index("detector")
+    teacher = table.loc["teacher (best recipe, ndf 32)"]
+    assert teacher["runs"] == 2 and teacher["test_auc_mean"] == pytest.approx(0.935)  # t1, fold 1's last used
+    snap = table.loc["teacher, snapshot ensemble (K on validation)"]
+    assert snap["test_auc_mean"] == pytest.approx((0.91 + 0.94) / 2)  # K = 2 on fold 1, K = 1 on fold 0
+    assert table.loc["student alone (headline)", "to_target"] == pytest.approx(0.87 - 0.95)
+    assert not any("D-feature" in d or "tuned" in d for d in table.index)  # absent tables: no rows
+    assert list(table["test_auc_mean"]) == sorted(table["test_auc_mean"], reverse=True)
+    assert markdown(standings(tmp_path)).count("\n") == 2 + len(table)
+
+
+def test_the_readme_standings_are_the_committed_tables():
+    from ablation.paths import PROJECT_ROOT
+    from ablation.report.standings import markdown, standings
+    assert markdown(standings(PROJECT_ROOT / "results")) in (PROJECT_ROOT / "README.md").read_text()

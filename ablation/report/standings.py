@@ -1,0 +1,96 @@
+"""Where the platform stands against the target test AUC: its best detectors, best first.
+
+    standings()  ->  DataFrame, one row per detector: label, parameters, runs, folds, test AUC
+                     mean / sd / 95 % CI, and the distance of the mean to the target
+    markdown(standings())  ->  the README's table
+
+Read from the committed tables only (`results/`), so it rebuilds on any machine: the teachers the
+headline study used (`teachers.csv`, one run per fold: the last exported), the same teachers'
+snapshot ensembles with K chosen on validation (`snapshots_teachers.csv`), the headline students
+(`headline.csv`), the same students rescored with the D-feature residual at the weight validation
+chose (`rescore_headline_students.csv`), and a tuned student's confirmation when it has run
+(`tune_headline-confirm.csv`). A table that is absent gives no row.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ablation.paths import RESULTS
+from ablation.report.aggregate import describe
+
+TARGET = 0.95
+TEACHER_PARAMS, STUDENT_PARAMS = 2_612_290, 261_392
+
+
+def _read(name: str, results: Path) -> pd.DataFrame:
+    path = results / name
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def _teachers(results: Path) -> pd.Series:
+    t = _read("teachers.csv", results)
+    used = set(_read("headline.csv", results).get("teacher_run_id", pd.Series(dtype=str)))
+    t = t[t["run_id"].isin(used)] if used and len(t) else t
+    return t.groupby("fold").tail(1).set_index("fold")["test_auc"] if len(t) else pd.Series(dtype=float)
+
+
+def _snapshots_chosen(results: Path) -> pd.Series:
+    """Per teacher run: the test AUC of its snapshot ensemble at the K with the best validation AUC."""
+    s = _read("snapshots_teachers.csv", results)
+    if s.empty:
+        return pd.Series(dtype=float)
+    best = s.loc[s.groupby("runs")["val_auc"].idxmax()]
+    return best.set_index("fold")["test_auc"]
+
+
+def _variant(table: pd.DataFrame, variant: str, column: str) -> pd.Series:
+    if table.empty or "variant" not in table:
+        return pd.Series(dtype=float)
+    rows = table[table["variant"] == variant]
+    return rows.set_index("fold")[column]
+
+
+def _sources(results: Path) -> list[tuple[str, int, pd.Series]]:
+    head = _read("headline.csv", results)
+    rescored = _read("rescore_headline_students.csv", results)
+    confirm = _read("tune_headline-confirm.csv", results)
+    return [
+        ("teacher (best recipe, ndf 32)", TEACHER_PARAMS, _teachers(results)),
+        ("teacher, snapshot ensemble (K on validation)", TEACHER_PARAMS, _snapshots_chosen(results)),
+        ("student `recon` KD, D-feature score (w on validation)", STUDENT_PARAMS,
+         _variant(rescored, "kd_recon", "test_auc_chosen")),
+        ("student `recon` KD (headline)", STUDENT_PARAMS, _variant(head, "kd_recon", "test_auc")),
+        ("student alone, D-feature score (w on validation)", STUDENT_PARAMS,
+         _variant(rescored, "student_alone", "test_auc_chosen")),
+        ("student alone (headline)", STUDENT_PARAMS, _variant(head, "student_alone", "test_auc")),
+        ("student tuned on fold 0 validation (`tune_headline --confirm`)", STUDENT_PARAMS,
+         _variant(confirm, "tuned", "test_auc")),
+    ]
+
+
+def standings(results: Path = RESULTS, target: float = TARGET) -> pd.DataFrame:
+    """One row per detector with committed runs, sorted by mean test AUC (best first)."""
+    rows = []
+    for label, params, values in _sources(Path(results)):
+        if len(values) == 0:
+            continue
+        d = describe(values)
+        folds = sorted({int(f) for f in values.index})
+        rows.append({"detector": label, "parameters": params, "runs": d.n,
+                     "folds": " ".join(map(str, folds)), "test_auc_mean": d.mean, "test_auc_std": d.std,
+                     "ci_low": d.ci_low, "ci_high": d.ci_high, "to_target": d.mean - target})
+    out = pd.DataFrame(rows)
+    return out.sort_values("test_auc_mean", ascending=False, ignore_index=True) if len(out) else out
+
+
+def markdown(table: pd.DataFrame, target: float = TARGET) -> str:
+    """The standings as a Markdown table."""
+    lines = [f"| detector | parameters | runs (folds) | test AUC mean ± sd | 95 % CI | to {target} |",
+             "|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['detector']} | {r['parameters'] / 1e6:.2f} M | {r['runs']} ({r['folds']}) | "
+                     f"{r['test_auc_mean']:.4f} ± {r['test_auc_std']:.4f} | "
+                     f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}] | {r['to_target']:+.4f} |")
+    return "\n".join(lines) + "\n"
