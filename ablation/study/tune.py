@@ -8,7 +8,7 @@
         train.epochs: {type: int, low: 2, high: 8}
       sampler: {name: tpe, seed: 0}            # tpe | random
       pruner: {name: median, n_startup_trials: 5, n_warmup_steps: 2}   # median | hyperband | none
-      n_trials: 30                             # over all workers
+      n_trials: 30                             # finished (complete or pruned) trials over all workers
       timeout_minutes: null                    # per worker
       target: 0.95                             # stop every worker once the best validation AUC reaches it
       baselines: [{name: untuned, set: {}}]    # enqueued first (skipped if already there)
@@ -128,8 +128,39 @@ def _suggest(trial: optuna.Trial, key: str, p: ParamSpec) -> Any:
     return trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
 
 
+class _TrialSeeded:
+    """Reseeds the sampler before each trial from (seed, trial number). Every worker builds its own
+    sampler from the file's seed; seeded once per process, the workers' k-th draws would coincide
+    and they would train the same trials. Seeded per trial, a search stays reproducible."""
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        seed = (self._seed_base * 1_000_003 + trial.number) % 2**32
+        for rng in self._rngs():
+            rng.rng.seed(seed)
+
+
+class _TPE(_TrialSeeded, optuna.samplers.TPESampler):
+    def __init__(self, seed: int):
+        super().__init__(seed=seed, constant_liar=True)  # running trials count as bad: workers spread out
+        self._seed_base = seed
+
+    def _rngs(self):
+        return self._rng, self._random_sampler._rng
+
+
+class _Random(_TrialSeeded, optuna.samplers.RandomSampler):
+    def __init__(self, seed: int):
+        super().__init__(seed=seed)
+        self._seed_base = seed
+
+    def _rngs(self):
+        return (self._rng,)
+
+
 def make_sampler(s: SamplerSpec) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=s.seed) if s.name == "tpe" else optuna.samplers.RandomSampler(seed=s.seed)
+    """The search's sampler (TPE or random), its draws seeded per trial from `s.seed`."""
+    return _TPE(s.seed) if s.name == "tpe" else _Random(s.seed)
 
 
 def make_pruner(p: PrunerSpec, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -169,6 +200,26 @@ def open_search(spec: StudySpec, search: SearchSpec, storage_url: str | None) ->
     return study
 
 
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials `n_trials` counts
+
+
+def _retry(study: optuna.Study, params: dict[str, Any], attrs: dict[str, Any]) -> None:
+    keep = {k: v for k, v in attrs.items() if k == "baseline"}
+    study.enqueue_trial(params, user_attrs=keep)
+
+
+def requeue_dead(study: optuna.Study) -> int:
+    """Fail the RUNNING trials whose worker process on this host is gone (SIGKILL, a lost machine:
+    a journal has no heartbeat) and queue their parameters again; returns how many. A trial with
+    no recorded worker, or one on another host, is left alone."""
+    dead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") and not queue.worker_alive(t.user_attrs["worker"])]
+    for t in dead:
+        study.tell(t.number, state=TrialState.FAIL)
+        _retry(study, t.params, t.user_attrs)
+    return len(dead)
+
+
 def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | None = None,
                beats: Beats | None = None, device: str | None = None, progress: bool = False) -> optuna.Study:
     """One worker's share of the search (start several for parallel search on a shared storage)."""
@@ -177,6 +228,7 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
     beats = study_beats(spec, mitdb, beats)
     ensure_teachers([spec.trials[0].config], beats, pick_device(device or spec.trials[0].config.train.device), progress)
     study = open_search(spec, search, storage_url)
+    requeue_dead(study)
     for b in search.baselines:  # known settings first: the search starts from them
         values = {k: v for k, v in b.set.items() if k in search.params}
         defaults = {k: _dotted_get(base, k) for k in search.params if k not in values}
@@ -195,9 +247,13 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val AUC {row['val_auc']:.4f})")
 
+        trial.set_user_attr("worker", queue.worker_id())
         try:
             out = execute(cfg, data=data, device=device, experiment=spec.name, parent_run_id=parent,
                           extra_tags=tags, progress=progress, skip_finished=False, on_epoch=report)
+        except SystemExit as e:  # SIGTERM: Optuna fails the trial on KeyboardInterrupt, then re-raises it
+            _retry(trial.study, trial.params, trial.user_attrs)
+            raise KeyboardInterrupt(f"worker stopped (exit {e.code})") from e
         except optuna.TrialPruned:
             _mark_last(spec.name, trial.number, "PRUNED")
             raise
@@ -208,14 +264,16 @@ def run_search(spec: StudySpec, storage_url: str | None = None, mitdb: str | Non
         return out.result.val["auc"]
 
     timeout = search.timeout_minutes * 60 if search.timeout_minutes else None
-    if len(study.trials) < search.n_trials or study.get_trials(states=(TrialState.WAITING,)):
+    if len(study.get_trials(states=COUNTED)) < search.n_trials or study.get_trials(states=(TrialState.WAITING,)):
         try:
             study.optimize(objective, timeout=timeout, catch=(Diverged,),
                            callbacks=[lambda st, _: search_table.write(spec.name, spec.scale, st),
-                                      optuna.study.MaxTrialsCallback(search.n_trials, states=None),
+                                      optuna.study.MaxTrialsCallback(search.n_trials, states=COUNTED),
                                       TargetReached(search.target)])
-        except BaseException:
+        except BaseException as e:
             tracking.set_status(parent, "KILLED")  # interrupted: a rerun resumes the same search
+            if isinstance(e.__cause__, SystemExit):
+                raise e.__cause__ from None
             raise
     tag_best(study, spec)
     tracking.set_status(parent, "FINISHED")

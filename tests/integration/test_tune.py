@@ -151,3 +151,53 @@ def test_a_search_resumes_on_a_fresh_machine_from_its_committed_table(tmp_path, 
     with pytest.raises(ValueError, match="tune_r-search.csv: trial 0 does not fit"):
         run_search(study_file(tmp_path, {**search, "params": other}, "tune_r"), f"journal:{tmp_path / 'd.log'}",
                    beats=synthetic)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_two_workers_with_the_seeded_sampler_do_not_propose_the_same_trials(name):
+    """Each worker builds its own sampler from the file's seed; the draws must follow the trial
+    number (reproducible), not the worker's own count of draws (which repeats across workers)."""
+    from ablation.study.tune import SamplerSpec, make_sampler
+
+    def propose(order: str) -> dict[int, float]:
+        storage = optuna.storages.InMemoryStorage()
+        workers = [optuna.create_study(study_name="s", storage=storage, load_if_exists=True,
+                                       sampler=make_sampler(SamplerSpec(name, seed=0))) for _ in range(2)]
+        out = {}
+        for w in order:  # which worker asks next
+            trial = workers[int(w)].ask()
+            out[trial.number] = trial.suggest_float("x", 0.0, 1.0)
+        return out
+
+    interleaved = propose("0101")
+    assert len(set(interleaved.values())) == 4  # the old per-process seed gave worker 1 worker 0's draws
+    assert propose("0011") == interleaved  # trial n's draw depends on n, not on which worker drew it
+
+
+def test_a_killed_search_worker_leaves_no_trial_running_and_its_trial_is_retried(tmp_path, tracking_store,
+                                                                                 synthetic, monkeypatch):
+    """SIGTERM ends a worker through sys.exit (SystemExit) inside a trial; SIGKILL leaves it RUNNING.
+    Neither may hold a slot of the budget for ever: the trial is FAIL, its parameters run again."""
+    import ablation.study.tune as tune_module
+    search = {"params": {"distill.kd.weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},
+              "n_trials": 3, "target": 0.999, "baselines": [{"name": "untuned", "set": {}}]}
+    spec = study_file(tmp_path, search, name="tune_killed")
+    storage = f"journal:{tmp_path / 'journal.log'}"
+    real = tune_module.execute
+
+    def sigterm(*a, **kw):
+        raise SystemExit(143)
+
+    monkeypatch.setattr(tune_module, "execute", sigterm)
+    with pytest.raises((SystemExit, KeyboardInterrupt)):
+        run_search(spec, storage, beats=synthetic)
+    study = optuna.load_study(study_name=tune_module.tune_name(spec), storage=tune_module.queue.open_storage(storage))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]  # not RUNNING; queued again
+    dead = study.ask({"distill.kd.weight": optuna.distributions.FloatDistribution(0.1, 10.0, log=True)})
+    dead.set_user_attr("worker", "nohost-x:0")  # a SIGKILLed worker on this host...
+    monkeypatch.setattr(tune_module.queue, "worker_alive", lambda w: w != "nohost-x:0")  # ...whose pid is gone
+    monkeypatch.setattr(tune_module, "execute", real)
+    done = run_search(spec, storage, beats=synthetic)
+    finished = [t for t in done.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 3 and done.trials[dead.number].state == TrialState.FAIL
+    assert finished[0].params == done.trials[0].params  # the interrupted baseline ran again first
