@@ -330,9 +330,13 @@ def tag_best(study: optuna.Study, spec: StudySpec) -> None:
 
 
 
+ALL_FOLDS = (0, 1, 2, 3, 4)
+
+
 def confirm_spec(spec: StudySpec, study: optuna.Study, folds: list[int], seeds: list[int]) -> StudySpec:
     """The confirmation study: the best searched config (``tuned``) and the study's first baseline
-    (``untuned``), each retrained on every fold and seed and scored on test data."""
+    (``untuned``), each retrained on every fold and seed and scored on test data. A subset of the
+    five folds is a part of it with its own queue: two runners on disjoint folds run side by side."""
     search = parse_search(spec)
     base = spec.trials[0].config.to_dict()
     variants = {"tuned": study.best_trial.params, "untuned": search.baselines[0].set}
@@ -342,12 +346,14 @@ def confirm_spec(spec: StudySpec, study: optuna.Study, folds: list[int], seeds: 
             for seed in seeds:
                 cfg = _with(base, {**values, "data.fold": fold, "train.seed": seed}, f"{spec.path}: confirm {name}")
                 trials.append(Trial(len(trials), name, {"variant": name, "fold": fold, "seed": seed}, cfg))
+    part = tuple(sorted(set(folds))) if sorted(set(folds)) != list(ALL_FOLDS) else None  # a part has its own queue
     return StudySpec(f"{spec.name}-confirm", spec.path, f"confirmation of {tune_name(spec)}: "
-                     f"best trial {study.best_trial.number} ({study.best_trial.params})", spec.scale, trials)
+                     f"best trial {study.best_trial.number} ({study.best_trial.params})", spec.scale, trials,
+                     folds_only=part)
 
 
 def tune(spec: StudySpec, storage: str | None, search: bool = True, confirm: bool = False,
-         folds: list[int] = (0, 1, 2, 3, 4), seeds: list[int] = (0, 1, 2), out: Path | None = None,
+         folds: list[int] = ALL_FOLDS, seeds: list[int] = (0, 1, 2), out: Path | None = None,
          mitdb: str | None = None, device: str | None = None) -> None:
     """The tuning workflow: the search (unless `search` is False), then with `confirm` the best
     and the untuned config retrained on `folds` x `seeds` and a report of the comparison in `out`."""

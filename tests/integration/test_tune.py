@@ -201,3 +201,17 @@ def test_a_killed_search_worker_leaves_no_trial_running_and_its_trial_is_retried
     finished = [t for t in done.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 3 and done.trials[dead.number].state == TrialState.FAIL
     assert finished[0].params == done.trials[0].params  # the interrupted baseline ran again first
+
+
+def test_confirmation_parts_on_disjoint_folds_have_their_own_queues(tmp_path):
+    from ablation.study.runner import queue_name
+    search = {"params": {"distill.kd.weight": {"type": "float", "low": 0.1, "high": 10.0, "log": True}},
+              "n_trials": 1, "baselines": [{"name": "untuned", "set": {}}]}
+    spec = study_file(tmp_path, search, name="tune_parts")
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"distill.kd.weight": 2.0})
+    study.optimize(lambda t: t.suggest_float("distill.kd.weight", 0.1, 10.0, log=True), n_trials=1)
+    whole, a, b = (confirm_spec(spec, study, folds=f, seeds=[0]) for f in ([0, 1, 2, 3, 4], [0, 1, 2], [3, 4]))
+    assert whole.folds_only is None and a.folds_only == (0, 1, 2) and b.folds_only == (3, 4)
+    assert len({queue_name(whole), queue_name(a), queue_name(b)}) == 3
+    assert {t.config.data.fold for t in b.trials} == {3, 4} and len(b.trials) == 4  # tuned + untuned x 2 folds
