@@ -21,7 +21,6 @@ from ablation.paths import RESULTS
 from ablation.report.aggregate import describe
 
 TARGET = 0.95
-TEACHER_PARAMS, STUDENT_PARAMS = 2_612_290, 261_392
 
 
 def _read(name: str, results: Path) -> pd.DataFrame:
@@ -56,16 +55,18 @@ def _sources(results: Path) -> list[tuple[str, int, pd.Series]]:
     head = _read("headline.csv", results)
     rescored = _read("rescore_headline_students.csv", results)
     confirm = _read("tune_headline-confirm.csv", results)
+    teacher_params = int(head["teacher_params"].iloc[0]) if len(head) else 0
+    student_params = int(head["n_params"].iloc[0]) if len(head) else 0  # every headline student: ndf = ngf = 8
     return [
-        ("teacher (best recipe, ndf 32)", TEACHER_PARAMS, _teachers(results)),
-        ("teacher, snapshot ensemble (K on validation)", TEACHER_PARAMS, _snapshots_chosen(results)),
-        ("student `recon` KD, D-feature score (w on validation)", STUDENT_PARAMS,
+        ("teacher (best recipe, ndf 32)", teacher_params, _teachers(results)),
+        ("teacher, snapshot ensemble (K on validation)", teacher_params, _snapshots_chosen(results)),
+        ("student `recon` KD, D-feature score (w on validation)", student_params,
          _variant(rescored, "kd_recon", "test_auc_chosen")),
-        ("student `recon` KD (headline)", STUDENT_PARAMS, _variant(head, "kd_recon", "test_auc")),
-        ("student alone, D-feature score (w on validation)", STUDENT_PARAMS,
+        ("student `recon` KD (headline)", student_params, _variant(head, "kd_recon", "test_auc")),
+        ("student alone, D-feature score (w on validation)", student_params,
          _variant(rescored, "student_alone", "test_auc_chosen")),
-        ("student alone (headline)", STUDENT_PARAMS, _variant(head, "student_alone", "test_auc")),
-        ("student tuned on fold 0 validation (`tune_headline --confirm`)", STUDENT_PARAMS,
+        ("student alone (headline)", student_params, _variant(head, "student_alone", "test_auc")),
+        ("student tuned on fold 0 validation (`tune_headline --confirm`)", student_params,
          _variant(confirm, "tuned", "test_auc")),
     ]
 

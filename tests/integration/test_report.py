@@ -277,7 +277,7 @@ def test_standings_from_committed_tables_by_hand(tmp_path):
     pd.DataFrame({"run_id": ["t0", "t1old", "t1", "unused"], "fold": [0, 1, 1, 2],
                   "test_auc": [0.94, 0.90, 0.93, 0.99]}).to_csv(tmp_path / "teachers.csv", index=False)
     pd.DataFrame({"variant": ["student_alone", "kd_recon"] * 2, "fold": [0, 0, 1, 1],
-                  "test_auc": [0.88, 0.90, 0.86, 0.89], "teacher_run_id": ["t0", "t0", "t1old", "t1"]}
+                  "test_auc": [0.88, 0.90, 0.86, 0.89], "n_params": 10, "teacher_params": 100, "teacher_run_id": ["t0", "t0", "t1old", "t1"]}
                  ).to_csv(tmp_path / "headline.csv", index=False)
     pd.DataFrame({"runs": ["t1", "t1", "t0", "t0"], "k": [1, 2, 1, 2], "fold": [1, 1, 0, 0],
                   "val_auc": [0.95, 0.96, 0.95, 0.94], "test_auc": [0.93, 0.91, 0.94, 0.95]}
