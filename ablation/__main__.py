@@ -211,7 +211,7 @@ def cmd_ensemble(args) -> None:
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
-    groups = [[r] for r in args.models] if args.each else [args.models]
+    groups = [[r] for r in args.models] if args.each else _by_fold(args.models) if args.by_fold else [args.models]
     splits: dict = {}  # runs of one fold share their loaded split
     tables = [_ensemble_table(g, args.snapshots, args.mitdb, device, splits).assign(runs=" ".join(g)) for g in groups]
     table = pd.concat(tables, ignore_index=True)
@@ -219,6 +219,15 @@ def cmd_ensemble(args) -> None:
     if args.csv:
         table.to_csv(args.csv, index=False, float_format="%.6g")
         print(f"wrote {args.csv}")
+
+
+def _by_fold(runs: list[str]) -> list[list[str]]:
+    """MLflow runs grouped by their `data.fold`, folds ascending, the given order kept within each."""
+    from ablation import tracking
+    groups: dict[int, list[str]] = {}
+    for r in runs:
+        groups.setdefault(int(tracking.get_run(r).data.params["data.fold"]), []).append(r)
+    return [groups[f] for f in sorted(groups)]
 
 
 def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device, splits: dict):
@@ -358,9 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     en = sub.add_parser("ensemble", help=cmd_ensemble.__doc__.split(" (")[0], description=cmd_ensemble.__doc__)
     common(en, config=False)
-    en.add_argument("models", nargs="+", help="MLflow run ids or checkpoint paths, one fold")
+    en.add_argument("models", nargs="+", help="MLflow run ids or checkpoint paths, one fold (or --by-fold)")
     en.add_argument("--snapshots", action="store_true", help="the members are the snapshots the runs kept")
     en.add_argument("--each", action="store_true", help="one ensemble per run (with --snapshots: of its own snapshots)")
+    en.add_argument("--by-fold", action="store_true", help="one ensemble per fold of the given runs (seed ensembles)")
     en.add_argument("--csv", help="also write the table to this CSV file")
     en.set_defaults(func=cmd_ensemble)
 

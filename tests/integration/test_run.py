@@ -214,6 +214,26 @@ def test_ensemble_cli_each_run_of_its_own_snapshots(tracking_store, synthetic, m
     assert list(pd.read_csv(csv)["k"]) == [1, 2, 3, 4]
 
 
+def test_ensemble_cli_by_fold_one_seed_ensemble_per_fold(tracking_store, synthetic, monkeypatch, tmp_path):
+    """`ensemble RUN... --by-fold`: the runs are grouped by their fold (order kept within a fold), one
+    K = 1..n table per fold in one CSV; without it runs of two folds are refused (synthetic beats)."""
+    import pandas as pd
+    from ablation.data import dataset
+    real = dataset.load_data
+    monkeypatch.setattr(dataset, "load_data", lambda cfg, mitdb=None, **kw: real(cfg, beats=synthetic, **kw))
+    runs = [execute(from_dict(RunConfig, {**TINY, "data": {**TINY["data"], "fold": f},
+                                          "train": {**TINY["train"], "seed": s}}), beats=synthetic, progress=False)
+            for f, s in ((0, 21), (1, 21), (0, 22))]
+    ids = [r.run_id for r in runs]
+    csv = tmp_path / "by_fold.csv"
+    assert main(["ensemble", *ids, "--by-fold", "--csv", str(csv)]) == 0
+    table = pd.read_csv(csv)
+    assert list(zip(table["fold"], table["k"])) == [(0, 1), (0, 2), (1, 1)]
+    assert table["runs"].iloc[0] == f"{ids[0]} {ids[2]}" and table["runs"].iloc[2] == ids[1]
+    assert table["test_auc"].iloc[2] == pytest.approx(runs[1].result.test["auc"], abs=1e-5)
+    assert main(["ensemble", *ids]) != 0  # two folds in one ensemble: a one-line error
+
+
 def test_ensemble_averages_standardised_scores():
     """Two noisy (standardised) members: their average ranks better than either alone."""
     from types import SimpleNamespace
