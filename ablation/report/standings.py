@@ -6,7 +6,9 @@
 
 Read from the committed tables only (`results/`), so it rebuilds on any machine: the teachers the
 headline study used (`teachers.csv`, one run per fold: the last exported), the same teachers'
-snapshot ensembles with K chosen on validation (`snapshots_teachers.csv`), the headline students
+snapshot ensembles with K chosen on validation (`snapshots_teachers.csv`), seed ensembles of each
+fold's teachers (`ensemble_teachers.csv`, every member), the levers study's ensemble-distilled and
+two-lead students and two-lead teachers (`levers.csv`), the headline students
 (`headline.csv`), the same students rescored with the D-feature residual at the weight validation
 chose (`rescore_headline_students.csv`), and a tuned student's confirmation when it has run
 (`tune_headline-confirm.csv`). A table that is absent gives no row.
@@ -44,6 +46,23 @@ def _snapshots_chosen(results: Path) -> pd.Series:
     return best.set_index("fold")["test_auc"]
 
 
+def _seed_ensembles(results: Path) -> pd.Series:
+    """Per fold: the test AUC of its teachers' seed ensemble with every member (the largest K)."""
+    s = _read("ensemble_teachers.csv", results)
+    return s.loc[s.groupby("fold")["k"].idxmax()].set_index("fold")["test_auc"] if len(s) else pd.Series(dtype=float)
+
+
+def _teacher_of(table: pd.DataFrame, variant: str) -> pd.Series:
+    """Per fold: the test AUC of the teacher the variant's students were distilled from."""
+    rows = _variant(table, variant, "teacher_test_auc")
+    return rows[~rows.index.duplicated()]
+
+
+def _params(table: pd.DataFrame, variant: str, column: str) -> int:
+    rows = table[table["variant"] == variant] if len(table) else table
+    return int(rows[column].iloc[0]) if len(rows) else 0
+
+
 def _variant(table: pd.DataFrame, variant: str, column: str) -> pd.Series:
     if table.empty or "variant" not in table:
         return pd.Series(dtype=float)
@@ -57,9 +76,17 @@ def _sources(results: Path) -> list[tuple[str, int, pd.Series]]:
     confirm = _read("tune_headline-confirm.csv", results)
     teacher_params = int(head["teacher_params"].iloc[0]) if len(head) else 0
     student_params = int(head["n_params"].iloc[0]) if len(head) else 0  # every headline student: ndf = ngf = 8
+    levers = _read("levers.csv", results)
     return [
         ("teacher (best recipe, ndf 32)", teacher_params, _teachers(results)),
         ("teacher, snapshot ensemble (K on validation)", teacher_params, _snapshots_chosen(results)),
+        ("teachers of seeds 0 and 1, seed ensemble", 2 * teacher_params, _seed_ensembles(results)),
+        ("teacher, two leads (`data.nc: 2`)", _params(levers, "two_leads", "teacher_params"),
+         _teacher_of(levers, "two_leads")),
+        ("student `recon` KD from the seed ensemble (levers)", student_params,
+         _variant(levers, "kd_recon_ensemble", "test_auc")),
+        ("student, two leads (levers)", _params(levers, "two_leads", "n_params"),
+         _variant(levers, "two_leads", "test_auc")),
         ("student `recon` KD, D-feature score (w on validation)", student_params,
          _variant(rescored, "kd_recon", "test_auc_chosen")),
         ("student `recon` KD (headline)", student_params, _variant(head, "kd_recon", "test_auc")),

@@ -282,7 +282,17 @@ def test_standings_from_committed_tables_by_hand(tmp_path):
     pd.DataFrame({"runs": ["t1", "t1", "t0", "t0"], "k": [1, 2, 1, 2], "fold": [1, 1, 0, 0],
                   "val_auc": [0.95, 0.96, 0.95, 0.94], "test_auc": [0.93, 0.91, 0.94, 0.95]}
                  ).to_csv(tmp_path / "snapshots_teachers.csv", index=False)
+    pd.DataFrame({"runs": "t0 t0b", "k": [1, 2], "fold": 0, "val_auc": 0.95, "test_auc": [0.94, 0.96]}
+                 ).to_csv(tmp_path / "ensemble_teachers.csv", index=False)
+    pd.DataFrame({"variant": ["two_leads"] * 3, "fold": [0, 0, 1], "test_auc": [0.8, 0.82, 0.84],
+                  "teacher_test_auc": [0.95, 0.95, 0.93], "n_params": 11, "teacher_params": 101}
+                 ).to_csv(tmp_path / "levers.csv", index=False)
     table = standings(tmp_path).set_index("detector")
+    assert table.loc["teachers of seeds 0 and 1, seed ensemble", "test_auc_mean"] == pytest.approx(0.96)  # all members
+    assert table.loc["teachers of seeds 0 and 1, seed ensemble", "parameters"] == 200
+    two = table.loc["teacher, two leads (`data.nc: 2`)"]  # one teacher per fold, not one per student
+    assert two["runs"] == 2 and two["test_auc_mean"] == pytest.approx(0.94) and two["parameters"] == 101
+    assert table.loc["student, two leads (levers)", "runs"] == 3
     teacher = table.loc["teacher (best recipe, ndf 32)"]
     assert teacher["runs"] == 2 and teacher["test_auc_mean"] == pytest.approx(0.935)  # t1, fold 1's last used
     snap = table.loc["teacher, snapshot ensemble (K on validation)"]
