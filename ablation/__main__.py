@@ -222,11 +222,12 @@ def cmd_ensemble(args) -> None:
 
 
 def _by_fold(runs: list[str]) -> list[list[str]]:
-    """MLflow runs grouped by their `data.fold`, folds ascending, the given order kept within each."""
+    """Runs or checkpoint files grouped by their config's fold, folds ascending, the given order kept
+    within each (read from the checkpoints: an imported teacher's run logs no params)."""
     from ablation import tracking
     groups: dict[int, list[str]] = {}
     for r in runs:
-        groups.setdefault(int(tracking.get_run(r).data.params["data.fold"]), []).append(r)
+        groups.setdefault(tracking.load_checkpoint(r)[0].data.fold, []).append(r)
     return [groups[f] for f in sorted(groups)]
 
 

@@ -225,6 +225,9 @@ def test_ensemble_cli_by_fold_one_seed_ensemble_per_fold(tracking_store, synthet
                                           "train": {**TINY["train"], "seed": s}}), beats=synthetic, progress=False)
             for f, s in ((0, 21), (1, 21), (0, 22))]
     ids = [r.run_id for r in runs]
+    import mlflow
+    ids[2] = mlflow.artifacts.download_artifacts(run_id=ids[2], artifact_path=tracking.CHECKPOINT,
+                                                 dst_path=str(tmp_path))  # a file: no MLflow params, like an import
     csv = tmp_path / "by_fold.csv"
     assert main(["ensemble", *ids, "--by-fold", "--csv", str(csv)]) == 0
     table = pd.read_csv(csv)
