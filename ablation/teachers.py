@@ -1,6 +1,6 @@
 """Exported teachers: a trained teacher's checkpoint under ``runs/teachers/<run key>.pt``
 (git-ignored: checkpoints are not committed) and its row in the committed ``results/teachers.csv``
-(key, run, fold, seed, metrics, the checkpoint's SHA-256; one row per exported run). Copy ``runs/teachers/`` to another machine and
+(key, run, fold, seed, leads `nc`, metrics, the checkpoint's SHA-256; one row per exported run). Copy ``runs/teachers/`` to another machine and
 it finds the very teacher a study was trained against instead of training another (CPU float
 arithmetic differs between machines, so a retrained teacher would not be the same model); the
 table says which teacher each study used and what it measured either way.
@@ -41,7 +41,7 @@ def export(run_id: str) -> Path:
     path = RUNS / "teachers" / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, path)
-    _record({"run_key": key, "run_id": run_id, "fold": cfg.data.fold, "seed": cfg.train.seed,
+    _record({"run_key": key, "run_id": run_id, "fold": cfg.data.fold, "seed": cfg.train.seed, "nc": cfg.data.nc,
              **{m: run.data.metrics.get(m) for m in METRICS}, "data_fingerprint": run.data.tags.get("data_fingerprint"),
              "git_commit": run.data.tags.get("git_commit"), "sha256": _sha256(path)})
     return path
@@ -49,10 +49,12 @@ def export(run_id: str) -> Path:
 
 def _record(row: dict) -> None:
     """Add a teacher run's row; rows of earlier runs with the same key stay (a retrained teacher
-    need not be the same model, and committed trials cite the run they were trained against)."""
-    table = _table()
-    table = pd.concat([table[table["run_id"] != row["run_id"]], pd.DataFrame([row])], ignore_index=True)
-    replace_csv(RESULTS / TABLE, table.sort_values(["fold", "seed"], kind="stable"))
+    need not be the same model, and committed trials cite the run they were trained against).
+    Under a lock: `make teachers` exports two at once."""
+    with tracking.key_lock("results-teachers"):
+        table = _table()
+        table = pd.concat([table[table["run_id"] != row["run_id"]], pd.DataFrame([row])], ignore_index=True)
+        replace_csv(RESULTS / TABLE, table.sort_values(["fold", "seed"], kind="stable"))
 
 
 def import_teacher(key: str, experiment: str) -> str | None:

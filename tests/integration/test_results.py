@@ -63,7 +63,7 @@ def test_an_exported_teacher_is_found_on_a_fresh_store_not_retrained(tmp_path, t
     path = teachers.export(first)
     table = pd.read_csv(results.RESULTS / "teachers.csv")
     row = table[table["run_id"] == first].iloc[0]
-    assert path.is_file() and row["run_id"] == first and row["seed"] == 77 and 0 <= row["test_auc"] <= 1
+    assert path.is_file() and row["run_id"] == first and row["seed"] == 77 and row["nc"] == 1 and 0 <= row["test_auc"] <= 1
     old = mlflow.get_tracking_uri()
     tracking.setup(f"sqlite:///{tmp_path / 'fresh.db'}")
     monkeypatch.setattr(run_module, "execute", lambda *a, **k: pytest.fail("the teacher was trained again"))
@@ -109,3 +109,19 @@ def test_a_retrained_teacher_keeps_the_row_of_the_one_a_study_used(tracking_stor
         teachers.import_teacher("k1", "teachers")
     teachers._record({**rows[0], "test_auc": 0.8})  # the same run exported again: replaced, not doubled
     assert sorted(runs_of_k1()) == ["new", "old"]
+
+
+def test_teachers_exported_side_by_side_both_keep_their_rows(tracking_store):
+    """`make teachers` exports two folds' teachers at once: each row is written under the table's lock,
+    so neither read-modify-write drops the other's row."""
+    import threading
+    from ablation import teachers
+    row = {"run_key": "k9", "run_id": "r9", "fold": 3, "seed": 1, "nc": 1, **{m: 0.9 for m in teachers.METRICS},
+           "data_fingerprint": "f", "git_commit": "c", "sha256": "s"}
+    writer = threading.Thread(target=teachers._record, args=(row,))
+    with tracking.key_lock("results-teachers"):  # another process is writing the table
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive(), "the row was written without waiting for the table's lock"
+    writer.join(10)
+    assert "r9" in set(pd.read_csv(results.RESULTS / "teachers.csv")["run_id"])
