@@ -131,8 +131,8 @@ def cmd_bn_check(args) -> None:
 
 def cmd_study(args) -> None:
     """Run a study from studies/NAME.yaml (skipping finished trials), or --dry-run to list its trials."""
-    from ablation.study.spec import MAX_TRIALS, load_study, select_folds
-    spec = select_folds(load_study(args.name, args.scale, None if args.yes else MAX_TRIALS), args.folds)
+    from ablation.study.spec import MAX_TRIALS, load_study, select_part
+    spec = select_part(load_study(args.name, args.scale, None if args.yes else MAX_TRIALS), args.folds, args.variants)
     if args.dry_run:
         _print_trials(spec)
         return
@@ -155,10 +155,10 @@ def cmd_worker(args) -> None:
     """Join a running study as one more worker (on this or another machine, same stores)."""
     from ablation import tracking
     from ablation.study.runner import parent_run, run_worker
-    from ablation.study.spec import load_study, select_folds
+    from ablation.study.spec import load_study, select_part
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
-    spec = select_folds(load_study(args.name, args.scale), args.folds)
+    spec = select_part(load_study(args.name, args.scale), args.folds, args.variants)
     run_worker(spec, args.storage, args.parent_run_id or parent_run(spec), mitdb=args.mitdb, device=args.device)
 
 
@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "runs/optuna; postgresql+psycopg2://... for several machines)")
         sp.add_argument("--folds", type=int, nargs="+", help="run only these folds of the scale now (a long study "
                                                              "in parts: the others stay for a later run)")
+        sp.add_argument("--variants", nargs="+", help="run only these variants now (with --folds: on those folds)")
         if name == "study":
             sp.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")
             sp.add_argument("--dry-run", action="store_true", help="print the expanded trials and their count")

@@ -41,9 +41,8 @@ def study_tag(spec: StudySpec) -> str:
 
 
 def queue_name(spec: StudySpec) -> str:
-    """The trial queue: one per (study, scale), one more per fold subset run on its own."""
-    folds = f"-folds{'-'.join(map(str, spec.folds_only))}" if spec.folds_only else ""
-    return study_tag(spec) + folds
+    """The trial queue: one per (study, scale), one more per part (folds, variants) run on its own."""
+    return study_tag(spec) + spec.part
 
 
 def finished_keys(spec: StudySpec) -> set[str]:
@@ -165,8 +164,8 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
         tracking.set_status(parent, "KILLED")
         raise
     complete = finished_keys(spec) >= {t.key for t in spec.trials}
-    # a finished part of a study run fold by fold leaves its parent SCHEDULED: more parts may follow
-    tracking.set_status(parent, ("SCHEDULED" if spec.folds_only else "FINISHED") if complete else "FAILED")
+    # a finished part of a study run in parts leaves its parent SCHEDULED: more parts may follow
+    tracking.set_status(parent, ("SCHEDULED" if spec.part else "FINISHED") if complete else "FAILED")
     table = summary(spec)
     print(table.to_string(index=False), flush=True)
     print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
@@ -193,6 +192,7 @@ def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent
     cmd += ["--mitdb", mitdb] if mitdb else []
     cmd += ["--device", device] if device else []
     cmd += ["--folds", *map(str, spec.folds_only)] if spec.folds_only else []
+    cmd += ["--variants", *spec.variants_only] if spec.variants_only else []
     procs = [subprocess.Popen(cmd) for _ in range(workers)]
     for p in procs:  # a worker's failed trials show in the study's summary, and make run_study fail
         p.wait()

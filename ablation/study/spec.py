@@ -50,7 +50,14 @@ class StudySpec:
     scale: str
     trials: list[Trial] = field(default_factory=list)
     search: dict | None = None  # the tuning section, read by ablation.study.tune
-    folds_only: tuple[int, ...] | None = None  # run only these folds of the scale now (`select_folds`)
+    folds_only: tuple[int, ...] | None = None  # run only these folds of the scale now (`select_part`)
+    variants_only: tuple[str, ...] | None = None  # and only these variants
+
+    @property
+    def part(self) -> str:
+        """'' for the whole study, else what `select_part` kept, e.g. '-folds1-2-variants-a-b'."""
+        folds = f"-folds{'-'.join(map(str, self.folds_only))}" if self.folds_only else ""
+        return folds + (f"-variants-{'-'.join(self.variants_only)}" if self.variants_only else "")
 
     @property
     def scale_summary(self) -> str:
@@ -61,16 +68,23 @@ class StudySpec:
                 f"folds={folds}, seeds={seeds}, trials={len(self.trials)}")
 
 
-def select_folds(spec: StudySpec, folds: list[int] | None) -> StudySpec:
-    """The part of `spec` on these folds (None: all of it): a study too long for one session or
-    machine runs fold by fold, each part with its own queue, into the same experiment and table."""
-    if folds is None:
-        return spec
-    have = sorted({t.config.data.fold for t in spec.trials})
-    if not folds or set(folds) - set(have):
-        raise ConfigError(f"{spec.path}: --folds {' '.join(map(str, folds))}: scale {spec.scale} has folds {have}")
-    trials = [t for t in spec.trials if t.config.data.fold in folds]
-    return dataclasses.replace(spec, trials=trials, folds_only=tuple(sorted(set(folds))))
+def select_part(spec: StudySpec, folds: list[int] | None = None, variants: list[str] | None = None) -> StudySpec:
+    """The part of `spec` on these folds and variants (None: all of them): a study too long for one
+    session or machine runs in parts, each with its own queue, into the same experiment and table."""
+    trials = spec.trials
+    if folds is not None:
+        have = sorted({t.config.data.fold for t in spec.trials})
+        if not folds or set(folds) - set(have):
+            raise ConfigError(f"{spec.path}: --folds {' '.join(map(str, folds))}: scale {spec.scale} has folds {have}")
+        trials = [t for t in trials if t.config.data.fold in folds]
+    if variants is not None:
+        names = list(dict.fromkeys(t.axes["variant"] for t in spec.trials))
+        if not variants or set(variants) - set(names):
+            raise ConfigError(f"{spec.path}: --variants {' '.join(variants)}: the study has variants {' '.join(names)}")
+        trials = [t for t in trials if t.axes["variant"] in variants]
+    return dataclasses.replace(spec, trials=trials,
+                               folds_only=tuple(sorted(set(folds))) if folds is not None else None,
+                               variants_only=tuple(n for n in dict.fromkeys(variants)) if variants is not None else None)
 
 
 MAX_TRIALS = 10_000  # above this a study must be confirmed (`--yes`): its trials are expanded one by one

@@ -101,10 +101,10 @@ def test_diverged_trial_fails_with_reason_and_study_goes_on(tmp_path, tracking_s
 def test_a_study_runs_fold_by_fold_into_one_table(tmp_path, tracking_store, synthetic):
     """`--folds` runs part of a scale; the rest runs later, and nothing is trained twice."""
     from ablation.study.runner import parent_run, run_study
-    from ablation.study.spec import select_folds
+    from ablation.study.spec import select_part
     spec = load_study(write(tmp_path, {"name": "parts", "base": TINY_BASE, "folds": [0, 1]}))
     storage = f"journal:{tmp_path / 'journal.log'}"
-    part = select_folds(spec, [1])
+    part = select_part(spec, folds=[1])
     assert [t.config.data.fold for t in part.trials] == [1]
     assert list(run_study(part, beats=synthetic, progress=False, storage_url=storage).status) == ["FINISHED"]
     assert MlflowClient().get_run(parent_run(spec)).info.status == "SCHEDULED"  # fold 0 still to come
@@ -114,8 +114,28 @@ def test_a_study_runs_fold_by_fold_into_one_table(tmp_path, tracking_store, synt
     assert all(after[k] == v for k, v in first.items()) and len(after) == 2  # fold 1 was not retrained
     assert MlflowClient().get_run(parent_run(spec)).info.status == "FINISHED"
     with pytest.raises(ConfigError, match="--folds 3: scale cpu has folds \\[0, 1\\]"):
-        select_folds(spec, [3])
+        select_part(spec, folds=[3])
 
+
+
+def test_a_study_runs_some_variants_now_and_the_rest_later(tmp_path, tracking_store, synthetic):
+    """`--variants` runs part of a study (say, the variants worth more folds); nothing is trained twice."""
+    from ablation.study.runner import parent_run, queue_name, run_study
+    from ablation.study.spec import select_part
+    spec = load_study(write(tmp_path, {"name": "some_variants", "base": TINY_BASE, "folds": [0, 1],
+                                       "variants": [{"name": "a"}, {"name": "b", "set": {"distill.kd.kind": "recon"}}]}))
+    storage = f"journal:{tmp_path / 'journal.log'}"
+    part = select_part(spec, folds=[1], variants=["b"])
+    assert [(t.axes["variant"], t.config.data.fold) for t in part.trials] == [("b", 1)]
+    assert queue_name(part) != queue_name(select_part(spec, folds=[1])) != queue_name(spec)
+    assert list(run_study(part, beats=synthetic, progress=False, storage_url=storage).status) == ["FINISHED"]
+    assert MlflowClient().get_run(parent_run(spec)).info.status == "SCHEDULED"
+    first = _finished_in("some_variants")
+    assert len(run_study(spec, beats=synthetic, progress=False, storage_url=storage)) == 4
+    after = _finished_in("some_variants")
+    assert all(after[k] == v for k, v in first.items()) and len(after) == 4
+    with pytest.raises(ConfigError, match="--variants c: .* has variants a b"):
+        select_part(spec, variants=["c"])
 
 def _finished_in(study: str) -> dict[str, list[str]]:
     client = MlflowClient()
