@@ -118,7 +118,8 @@ def markdown(table: pd.DataFrame, target: float = TARGET) -> str:
     lines = [f"| detector | parameters | runs (folds) | test AUC mean ± sd | 95 % CI | to {target} |",
              "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
+        spread = "| one run |" if r["runs"] < 2 else \
+            f"± {r['test_auc_std']:.4f} | [{r['ci_low']:.4f}, {r['ci_high']:.4f}] |"
         lines.append(f"| {r['detector']} | {r['parameters'] / 1e6:.2f} M | {r['runs']} ({r['folds']}) | "
-                     f"{r['test_auc_mean']:.4f} ± {r['test_auc_std']:.4f} | "
-                     f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}] | {r['to_target']:+.4f} |")
+                     f"{r['test_auc_mean']:.4f} {spread} {r['to_target']:+.4f} |")
     return "\n".join(lines) + "\n"

@@ -301,6 +301,7 @@ def test_standings_from_committed_tables_by_hand(tmp_path):
     assert not any("D-feature" in d or "tuned" in d for d in table.index)  # absent tables: no rows
     assert list(table["test_auc_mean"]) == sorted(table["test_auc_mean"], reverse=True)
     assert markdown(standings(tmp_path)).count("\n") == 2 + len(table)
+    assert "| 0.9600 | one run | +0.0100 |" in markdown(standings(tmp_path)) and "nan" not in markdown(standings(tmp_path))
 
 
 def test_the_readme_standings_are_the_committed_tables():
