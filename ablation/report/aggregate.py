@@ -262,17 +262,22 @@ def gap_closed(runs: pd.DataFrame, variant: str, baseline: str, metric: str) -> 
     return float(d.mean()) / gap if gap > 0 else math.nan
 
 
-def teacher_row(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> dict[str, Any] | None:
-    """The distinct teachers the runs name, as a reference row of the summary."""
+def teacher_row(runs: pd.DataFrame, metrics: Sequence[str] = METRICS, baseline: str | None = None
+                ) -> dict[str, Any] | None:
+    """The distinct teachers the baseline's runs name (all runs' without a baseline), as a reference
+    row of the summary: those `gap_closed` measures against; a variant's own teacher (two leads, say)
+    is not averaged in."""
     if "teacher_run_id" not in runs or f"teacher_{metrics[0]}" not in runs:
         return None
+    if baseline is not None and (runs["variant"] == baseline).any():
+        runs = runs[runs["variant"] == baseline]
     t = runs.dropna(subset=["teacher_run_id"]).drop_duplicates("teacher_run_id")
     if t.empty or t[f"teacher_{metrics[0]}"].isna().all():
         return None
     row: dict[str, Any] = {"variant": "teacher", "n_runs": len(t), "is_baseline": False, "is_reference": True,
                            "n_pairs": math.nan, "n_params": _constant(t["teacher_params"]),
                            "compression_ratio": 1.0, "teacher_params": _constant(t["teacher_params"]),
-                           "notes": f"reference: the {len(t)} teacher run(s) the students name, "
+                           "notes": f"reference: the {len(t)} teacher run(s) the baseline's students name, "
                                     f"{t['fold'].nunique() if 'fold' in t else '?'} fold(s)"}
     for m in metrics:
         d = describe(t.get(f"teacher_{m}", pd.Series(dtype=float)))
@@ -283,7 +288,7 @@ def teacher_row(runs: pd.DataFrame, metrics: Sequence[str] = METRICS) -> dict[st
 def with_reference(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """The summary with the teachers' reference row (`teacher_row`) appended, when the runs name them:
     what the page and the CSV show."""
-    ref = teacher_row(runs)
+    ref = teacher_row(runs, baseline=summary.attrs.get("baseline"))
     if ref is None:
         return summary
     out = pd.concat([summary, pd.DataFrame([ref])], ignore_index=True)

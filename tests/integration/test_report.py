@@ -308,3 +308,13 @@ def test_the_readme_standings_are_the_committed_tables():
     from ablation.paths import PROJECT_ROOT
     from ablation.report.standings import markdown, standings
     assert markdown(standings(PROJECT_ROOT / "results")) in (PROJECT_ROOT / "README.md").read_text()
+
+
+def test_the_teacher_reference_row_is_the_baselines_teachers():
+    """A variant with its own teacher (two leads) does not enter the reference row: the row is the
+    teachers the baseline's runs name, the same teachers the gap closed is measured against."""
+    runs = pd.DataFrame({"variant": ["alone", "alone", "two", "two"], "fold": 0, "seed": [0, 1, 0, 1],
+                         "test_auc": [0.88, 0.89, 0.86, 0.87], "teacher_run_id": ["tA", "tA", "tB", "tB"],
+                         "teacher_test_auc": [0.95, 0.95, 0.80, 0.80], "teacher_params": 100})
+    table = agg.with_reference(agg.summarize(runs, "alone", metrics=["test_auc"]), runs).set_index("variant")
+    assert table.loc["teacher", "n_runs"] == 1 and table.loc["teacher", "test_auc_mean"] == pytest.approx(0.95)
