@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
-from ablation.paths import DASHBOARDS
+from ablation.paths import DASHBOARDS, merge_csv
 
 
 def _positive_int(text: str) -> int:
@@ -197,8 +197,8 @@ def cmd_rescore(args) -> None:
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     if args.csv:
-        pd.DataFrame(rows).to_csv(args.csv, index=False, float_format="%.6g")
-        print(f"wrote {args.csv}")
+        merge_csv(Path(args.csv), pd.DataFrame(rows), "model")
+        print(f"wrote {args.csv} (rows of other models kept)")
 
 
 def cmd_ensemble(args) -> None:
@@ -217,8 +217,8 @@ def cmd_ensemble(args) -> None:
     table = pd.concat(tables, ignore_index=True)
     print(table.drop(columns=["members", "runs"]).to_string(index=False, float_format="%.4f"))
     if args.csv:
-        table.to_csv(args.csv, index=False, float_format="%.6g")
-        print(f"wrote {args.csv}")
+        merge_csv(Path(args.csv), table, "runs")
+        print(f"wrote {args.csv} (rows of other runs kept)")
 
 
 def _by_fold(runs: list[str]) -> list[list[str]]:
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("rescore", help=cmd_rescore.__doc__.split(" (")[0], description=cmd_rescore.__doc__)
     common(rs, config=False)
     rs.add_argument("models", nargs="+", help="MLflow run ids or checkpoint paths")
-    rs.add_argument("--csv", help="also write the table to this CSV file")
+    rs.add_argument("--csv", help="also write the rows to this CSV file (rows of other models in it are kept)")
     rs.set_defaults(func=cmd_rescore)
 
     en = sub.add_parser("ensemble", help=cmd_ensemble.__doc__.split(" (")[0], description=cmd_ensemble.__doc__)
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--snapshots", action="store_true", help="the members are the snapshots the runs kept")
     en.add_argument("--each", action="store_true", help="one ensemble per run (with --snapshots: of its own snapshots)")
     en.add_argument("--by-fold", action="store_true", help="one ensemble per fold of the given runs (seed ensembles)")
-    en.add_argument("--csv", help="also write the table to this CSV file")
+    en.add_argument("--csv", help="also write the rows to this CSV file (rows of other runs in it are kept)")
     en.set_defaults(func=cmd_ensemble)
 
     h = sub.add_parser("history", help=cmd_history.__doc__, description=cmd_history.__doc__)

@@ -19,3 +19,15 @@ def replace_csv(path: Path, frame) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     frame.to_csv(tmp, index=False, float_format="%.6g")
     os.replace(tmp, path)
+
+
+def merge_csv(path: Path, frame, key: str) -> None:
+    """Write `frame` into the table at `path`: its rows replace those of the table with the same
+    `key` values, the table's other rows stay (a committed table grows machine by machine, fold by
+    fold: checkpoints behind its older rows may be gone)."""
+    import pandas as pd
+    if path.exists():
+        old = pd.read_csv(path)
+        if key in old:
+            frame = pd.concat([old[~old[key].isin(frame[key])], frame], ignore_index=True)
+    replace_csv(path, frame)

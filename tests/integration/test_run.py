@@ -211,7 +211,8 @@ def test_ensemble_cli_each_run_of_its_own_snapshots(tracking_store, synthetic, m
         assert table[(table["runs"] == r.run_id) & (table["k"] == 1)]["test_auc"].item() == pytest.approx(
             r.result.test["auc"], abs=1e-5)
     assert main(["ensemble", *[r.run_id for r in runs], "--snapshots", "--csv", str(csv)]) == 0
-    assert list(pd.read_csv(csv)["k"]) == [1, 2, 3, 4]
+    both = pd.read_csv(csv)  # the one ensemble of both runs' snapshots joins the per-run rows
+    assert list(both["k"]) == [1, 2, 1, 2, 1, 2, 3, 4] and both["runs"].nunique() == 3
 
 
 def test_ensemble_cli_by_fold_one_seed_ensemble_per_fold(tracking_store, synthetic, monkeypatch, tmp_path):
@@ -235,6 +236,10 @@ def test_ensemble_cli_by_fold_one_seed_ensemble_per_fold(tracking_store, synthet
     assert table["runs"].iloc[0] == f"{ids[0]} {ids[2]}" and table["runs"].iloc[2] == ids[1]
     assert table["test_auc"].iloc[2] == pytest.approx(runs[1].result.test["auc"], abs=1e-5)
     assert main(["ensemble", *ids]) != 0  # two folds in one ensemble: a one-line error
+    assert main(["ensemble", ids[1], "--csv", str(csv)]) == 0  # fold 1 again: its rows replaced, fold 0's kept
+    again = pd.read_csv(csv)
+    assert list(zip(again["fold"], again["k"])) == [(0, 1), (0, 2), (1, 1)]
+    pd.testing.assert_frame_equal(again, table)
 
 
 def test_ensemble_averages_standardised_scores():
