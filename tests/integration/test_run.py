@@ -169,6 +169,13 @@ def test_rescore_at_weight_zero_is_the_runs_own_auc_and_the_weight_is_chosen_on_
     assert res["test_auc_plain"] == pytest.approx(out.result.test["auc"], abs=1e-6)  # a monotone map of the MSE
     assert res["val_auc_chosen"] == max(res[f"val_auc_w{w:g}"] for w in WEIGHTS) and res["weight"] in WEIGHTS
     assert res["val_auc_w4"] != res["val_auc_w0"]  # the feature residual changes the ranking
+    for name in ("feat", "latent", "window"):
+        assert res[f"{name}_weight"] in WEIGHTS and res[f"{name}_val_auc"] >= res["val_auc_plain"]
+    assert res["feat_test_auc"] == res["test_auc_chosen"]
+    best = max(["rec", "feat", "latent", "window"],  # the validation's choice, BeatGAN's score on ties
+               key=lambda n: res["val_auc_plain"] if n == "rec" else res[f"{n}_val_auc"] - 1e-12 * (n != "rec"))
+    assert res["best_score"] == best and res["test_auc_best"] == (
+        res["test_auc_plain"] if best == "rec" else res[f"{best}_test_auc"])
 
 
 def test_snapshot_ensemble_of_one_is_the_run_itself(tracking_store, synthetic):

@@ -265,3 +265,28 @@ def test_score_feat_weight_selects_and_reports_the_combined_score(synthetic, sin
     assert res.test["auc"] != pytest.approx(metrics(data.test.y, scores(model.G, data.test.x))["auc"], abs=1e-4)
     from ablation.run import run_key
     assert run_key(_tiny(score_feat_weight=2.0), "fp") != run_key(_tiny(), "fp")
+
+
+def test_extra_residuals_are_the_latent_consistency_and_the_largest_local_error(single_thread):
+    """components(..., extras): column 0 is BeatGAN's MSE; `latent` is mean((E(x) - E(G(x)))^2)
+    (GANomaly), `window` the largest 32-sample mean of the squared error (random beats, hand-computed)."""
+    import numpy as np
+    from ablation.train.rescore import WINDOW, combine, components
+    model = BeatGAN.build(from_dict(RunConfig, {"model": TINY_MODEL}).model, 1)
+    model.G.eval()
+    x = torch.randn(5, 1, 320)
+    c = components(model.G, model.D, x, ("latent", "window", "feat"))
+    assert c.shape == (5, 4)
+    with torch.no_grad():
+        recon, z = model.G(x)
+        latent = (z - model.G.encoder(recon)).pow(2).flatten(1).mean(1).numpy()
+        err = (x - recon).pow(2)[:, 0].numpy()
+    windowed = np.stack([[e[t:t + WINDOW].mean() for t in range(320 - WINDOW + 1)] for e in err]).max(1)
+    np.testing.assert_allclose(c[:, 0], err.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(c[:, 1], latent, rtol=1e-5)
+    np.testing.assert_allclose(c[:, 2], windowed, rtol=1e-5)
+    assert (c[:, 2] > c[:, 0]).all()  # a local maximum of the error exceeds its mean
+    ref = c  # standardised on these five: combine adds each weighted column to z_rec
+    z = (c - c.mean(0)) / c.std(0)
+    np.testing.assert_allclose(combine(c, ref, [0.0, 2.0, 0.5]), z[:, 0] + 2 * z[:, 2] + 0.5 * z[:, 3])
+    np.testing.assert_allclose(combine(c[:, :2], ref[:, :2], 3.0), z[:, 0] + 3 * z[:, 1])
