@@ -92,10 +92,15 @@ def score_sets(G: Generator, D: Discriminator, data: DataBundle, weight: float |
     return combine(val, ref, weight), test
 
 
+def _only(i: int, n: int, w: float) -> np.ndarray:
+    """Weights for `combine` over n extra columns: w on column i, 0 on the others."""
+    return np.eye(n)[i] * w
+
+
 def _choose(val: np.ndarray, ref: np.ndarray, y: np.ndarray, i: int) -> tuple[float, dict[float, float]]:
     """The weight of extra column i (the others at 0) with the best validation AUC (ties: the
     smaller weight) and the validation AUC at every weight."""
-    val_auc = {w: metrics(y, combine(val, ref, np.eye(val.shape[1] - 1)[i] * w))["auc"] for w in WEIGHTS}
+    val_auc = {w: metrics(y, combine(val, ref, _only(i, val.shape[1] - 1, w)))["auc"] for w in WEIGHTS}
     return max(WEIGHTS, key=lambda w: (val_auc[w], -w)), val_auc
 
 
@@ -114,7 +119,7 @@ def rescore(model: BeatGAN, data: DataBundle, batch_size: int = 2048) -> dict[st
     best = (val_plain, "rec", plain)
     for i, name in enumerate(extras):
         w, val_auc = _choose(val, ref, data.val.y, i)
-        chosen = metrics(data.test.y, combine(test, ref, np.eye(len(extras))[i] * w), data.test.cls)
+        chosen = metrics(data.test.y, combine(test, ref, _only(i, len(extras), w)), data.test.cls)
         out.update({f"{name}_weight": w, f"{name}_val_auc": val_auc[w], f"{name}_test_auc": chosen["auc"],
                     f"{name}_test_ap": chosen["ap"]})
         if name == "feat":
