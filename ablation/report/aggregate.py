@@ -75,7 +75,8 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
     Columns: run_id, status, start_time, end_time (ms), trial_key, variant (the trial name),
     base_variant (``axis.variant``), fold, seed, ``axis.<name>`` for every axis tag, every metric,
     n_params (the student's, else params_G + params_D), teacher_params, compression_ratio,
-    teacher_run_id, git_commit, scale, role, data_fingerprint and ``param.<key>`` for every param.
+    teacher_run_id (an ensemble's first member), teacher_run_ids (an ensemble's members, comma-separated;
+    None for a single teacher), git_commit, scale, role, data_fingerprint and ``param.<key>`` for every param.
     """
     rows = []
     for r in runs:
@@ -95,7 +96,7 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
             row[t] = _number(tags.get(t))
         student = row["student_params"]
         row["n_params"] = student if not math.isnan(student) else row["params_G"] + row["params_D"]
-        for t in ("teacher_run_id", "git_commit", "scale", "role", "data_fingerprint", "study"):
+        for t in ("teacher_run_id", "teacher_run_ids", "git_commit", "scale", "role", "data_fingerprint", "study"):
             row[t] = tags.get(t)
         row.update({f"param.{k}": v for k, v in params.items()})
         rows.append(row)

@@ -274,6 +274,10 @@ def test_a_student_of_an_ensemble_trains_each_member_teacher_once(tracking_store
     assert int(run.data.tags["teacher_params"]) == 2 * sum(
         int(MlflowClient().get_run(members[0]).data.tags[k]) for k in ("params_G", "params_D"))
     assert "test_auc" in run.data.metrics and len(out.result.history) == 1
+    from ablation.report.aggregate import runs_frame
+    from ablation.study import results
+    row = results.table(runs_frame([run])).iloc[0]  # the committed table names every member, in order
+    assert row["teacher_run_id"] == members[0] and row["teacher_run_ids"] == ",".join(members)
 
 
 def test_two_leads_train_a_two_lead_teacher_and_student(tracking_store, synthetic, tmp_path):
