@@ -96,7 +96,8 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
             row[t] = _number(tags.get(t))
         student = row["student_params"]
         row["n_params"] = student if not math.isnan(student) else row["params_G"] + row["params_D"]
-        for t in ("teacher_run_id", "teacher_run_ids", "git_commit", "scale", "role", "data_fingerprint", "study"):
+        for t in ("teacher_run_id", "teacher_run_ids", "git_commit", "scale", "role", "data_fingerprint",
+                  "study"):
             row[t] = tags.get(t)
         row.update({f"param.{k}": v for k, v in params.items()})
         rows.append(row)

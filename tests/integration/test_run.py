@@ -10,7 +10,9 @@ from mlflow.tracking import MlflowClient
 from ablation import tracking
 from ablation.__main__ import main
 from ablation.config import from_dict, RunConfig
+from ablation.report.aggregate import runs_frame
 from ablation.run import execute
+from ablation.study import results
 from support.tiny import tiny_dict
 
 TINY = tiny_dict(train={"epochs": 2}, data={"train_subset": 512, "val_subset": None})
@@ -274,8 +276,6 @@ def test_a_student_of_an_ensemble_trains_each_member_teacher_once(tracking_store
     assert int(run.data.tags["teacher_params"]) == 2 * sum(
         int(MlflowClient().get_run(members[0]).data.tags[k]) for k in ("params_G", "params_D"))
     assert "test_auc" in run.data.metrics and len(out.result.history) == 1
-    from ablation.report.aggregate import runs_frame
-    from ablation.study import results
     row = results.table(runs_frame([run])).iloc[0]  # the committed table names every member, in order
     assert row["teacher_run_id"] == members[0] and row["teacher_run_ids"] == ",".join(members)
 
