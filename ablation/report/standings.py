@@ -8,7 +8,8 @@ Read from the committed tables only (`results/`), so it rebuilds on any machine:
 headline study used (`teachers.csv`, one run per fold: the last exported), the same teachers'
 snapshot ensembles with K chosen on validation (`snapshots_teachers.csv`), seed ensembles of each
 fold's teachers (`ensemble_teachers.csv`, every member), the levers study's ensemble-distilled and
-two-lead students and two-lead teachers (`levers.csv`), the headline students
+two-lead students and two-lead teachers (`levers.csv`), the same-size student distilled from the
+seed ensemble (`born_again.csv`), the headline students
 (`headline.csv`), the same students rescored with the D-feature residual at the weight validation
 chose (`rescore_headline_students.csv`), and a tuned student's confirmation when it has run
 (`tune_headline-confirm.csv`). A table that is absent gives no row.
@@ -77,6 +78,7 @@ def _sources(results: Path) -> list[tuple[str, int, pd.Series]]:
     teacher_params = int(head["teacher_params"].iloc[0]) if len(head) else 0
     student_params = int(head["n_params"].iloc[0]) if len(head) else 0  # every headline student: ndf = ngf = 8
     levers = _read("levers.csv", results)
+    born = _read("born_again.csv", results)
     return [
         ("teacher (best recipe, ndf 32)", teacher_params, _teachers(results)),
         ("teacher, snapshot ensemble (K on validation)", teacher_params, _snapshots_chosen(results)),
@@ -85,6 +87,8 @@ def _sources(results: Path) -> list[tuple[str, int, pd.Series]]:
          _teacher_of(levers, "two_leads")),
         ("student `recon` KD from the seed ensemble (levers)", student_params,
          _variant(levers, "kd_recon_ensemble", "test_auc")),
+        ("same-size student (ndf 32) `recon` KD from the seed ensemble (born again)",
+         _params(born, "born_again_ensemble", "n_params"), _variant(born, "born_again_ensemble", "test_auc")),
         ("student, two leads (levers)", _params(levers, "two_leads", "n_params"),
          _variant(levers, "two_leads", "test_auc")),
         ("student `recon` KD, D-feature score (w on validation)", student_params,

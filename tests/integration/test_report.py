@@ -287,7 +287,11 @@ def test_standings_from_committed_tables_by_hand(tmp_path):
     pd.DataFrame({"variant": ["two_leads"] * 3, "fold": [0, 0, 1], "test_auc": [0.8, 0.82, 0.84],
                   "teacher_test_auc": [0.95, 0.95, 0.93], "n_params": 11, "teacher_params": 101}
                  ).to_csv(tmp_path / "levers.csv", index=False)
+    pd.DataFrame({"variant": "born_again_ensemble", "fold": 4, "seed": [0, 1], "test_auc": [0.93, 0.95],
+                  "n_params": 100}).to_csv(tmp_path / "born_again.csv", index=False)
     table = standings(tmp_path).set_index("detector")
+    born = table.loc["same-size student (ndf 32) `recon` KD from the seed ensemble (born again)"]
+    assert born["runs"] == 2 and born["test_auc_mean"] == pytest.approx(0.94) and born["parameters"] == 100
     assert table.loc["teachers of seeds 0 and 1, seed ensemble", "test_auc_mean"] == pytest.approx(0.96)  # all members
     assert table.loc["teachers of seeds 0 and 1, seed ensemble", "parameters"] == 200
     two = table.loc["teacher, two leads (`data.nc: 2`)"]  # one teacher per fold, not one per student
