@@ -81,6 +81,7 @@ class TrainConfig:
     d_reinit_below: float = Range(0.0, None, default=5e-6)  # re-initialise D when its batch loss falls below
     d_real_label: float = Range(0.5, 1.0, default=1.0, off=1.0)  # D's real target (< 1: one-sided smoothing)
     seed: int = 0
+    threads: int = Range(1, 256, default=1)  # intra-op CPU threads: their count orders reductions (ablation.numerics)
     device: str = Option("auto", neutral=True)
     eval_batch_size: int = Range(1, 1_000_000, default=2048, neutral=True)
     test_every_epoch: bool = Option(False, neutral=True)  # diagnostic curve only: never used for selection
@@ -151,6 +152,10 @@ class DistillConfig:
     normalize: bool = False  # each term = weight x term / |term at the first batch|
     teacher_seeds: Optional[list[int]] = Option(None, off=None)  # distil from these seeds' teachers' mean
 
+    def has_terms(self) -> bool:
+        """Whether any term reads a teacher (a student without one needs no teacher at all)."""
+        return self.kd.kind != "none" or bool(self.features)
+
 
 @dataclass
 class RunConfig:
@@ -168,6 +173,10 @@ class RunConfig:
     def key(self) -> str:
         """A stable hash of the run's identity (`run_identity`; key order does not matter)."""
         return config_hash(run_identity(self))
+
+    def reads_teacher(self) -> bool:
+        """Whether training this run reads a teacher: a student with a distillation term."""
+        return self.role == "student" and self.distill is not None and self.distill.has_terms()
 
     def teacher_config(self) -> "RunConfig":
         """The RunConfig of this student's teacher: the same split and fold, the full validation
@@ -193,11 +202,29 @@ sample that distances fit on, the student's own initial weights). Teachers' iden
 
 def run_identity(cfg: RunConfig) -> dict:
     """What identifies a run's result, as a nested dict: the resolved config without its neutral
-    fields and without the fields at their ``off`` value (see `Option`); a student's carries
-    `DISTILL_REVISION`. `RunConfig.key` and the run key (with the data) both hash this."""
+    fields, without the fields at their ``off`` value (see `Option`) and without fields nothing
+    reads (`_distill_identity`), plus the numeric path (`ablation.numerics.mode`); a student's
+    carries `DISTILL_REVISION`. `RunConfig.key` and the run key (with the data) both hash this."""
+    from ablation import numerics
     d = _identity(cfg)
+    d["numerics"] = numerics.mode()
     if cfg.distill is not None:
         d["distill_revision"] = DISTILL_REVISION
+        d["distill"] = _distill_identity(cfg.distill, d["distill"])
+    return d
+
+
+def _distill_identity(dc: DistillConfig, d: dict) -> dict:
+    """A student's distillation identity: nothing of the teacher when no term reads it, no
+    weight or temperature for `kd.kind: none`, no temperature for a kind that has none."""
+    from ablation.distill.kd import KD_KINDS
+    if not dc.has_terms():
+        return {}
+    kd = d["kd"]
+    if dc.kd.kind == "none":
+        d["kd"] = {"kind": "none"}
+    elif not KD_KINDS[dc.kd.kind].uses_T:
+        kd.pop("T")
     return d
 
 
@@ -355,15 +382,30 @@ def _check_registered(obj, src: str, prefix: str) -> None:
                                   f"choose a block 0-4 (or a dec position)")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict:
     """A YAML file holding one mapping (empty: {}); errors name the file, on one line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path}: nested too deeply to read") from e
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping of keys (e.g. `train: {{epochs: 5}}`), "
                           f"got a {type(data).__name__}")

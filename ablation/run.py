@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ablation import teachers, tracking
+from ablation import numerics, teachers, tracking
 from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, load_data
 from ablation.data.mitdb import Beats
@@ -82,10 +82,12 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
     if skip_finished and (done := tracking.find_finished(experiment, key)):
         return Outcome(done, None)
 
+    numerics.check()
+    numerics.deterministic(cfg.train.threads)
     tags = {"role": cfg.role, "run_key": key, "data_fingerprint": data.fingerprint, "device": str(device),
-            "git_commit": tracking.git_commit(), **(extra_tags or {})}
+            "git_commit": tracking.git_commit(), **numerics.record(cfg.train.threads), **(extra_tags or {})}
     teacher_id, teacher = None, None
-    if cfg.role == "student":
+    if cfg.reads_teacher():  # the undistilled baseline needs none
         members = [ensure_teacher(t, data, device, progress) for t in cfg.teacher_configs()]
         teacher_id, teacher = members[0][0], ensemble([m for _, m in members])
         if len(members) > 1:
@@ -111,6 +113,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
                 on_epoch(epoch, row)
 
         result = train(cfg, data, device, terms, progress=progress, model=student, on_epoch=log_epoch)
+        tracking.set_tags({"weights_sha256": numerics.weights_hash(result.state)})  # what `reproduce` compares
         tracking.log_metrics({"best_epoch": result.best_epoch, "best_val_at": result.best_at,
                               "epochs_run": len(result.history), "train_wall_seconds": result.seconds,
                               **{f"test_{k}": v for k, v in result.test.items()},

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import ablation  # noqa: F401  (pins the CPU kernels before torch is imported; ABLATION_NUMERICS=native frees them)
 import numpy as np
 import pandas as pd
 import torch
@@ -500,14 +501,8 @@ def run_bench(device: str = "cpu", seconds_per_item: float | None = None, quick:
 
 def machine_header(device: str = "cpu") -> str:
     """CPU model, cores, torch version, threads, device, load average."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from ablation import numerics
+    model = f"{numerics.cpu_model()} ({numerics.isa_flags()}; kernels {numerics.mode()})"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     dev = pick_device(device)
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"

@@ -16,6 +16,7 @@ os.environ["ABLATION_RUNS"] = _RUNS  # read by ablation.paths at import time
 os.environ["ABLATION_RESULTS"] = os.path.join(_RUNS, "results")  # never the project's committed results/
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("ABLATION_MITDB", None)
+import ablation  # noqa: E402,F401  (pins the CPU kernels before any test module imports torch)
 
 SHARED_MITDB = Path(__file__).resolve().parents[2] / "shared" / "mitdb"
 

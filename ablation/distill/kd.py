@@ -45,6 +45,7 @@ class KD(nn.Module):
 
     name: ClassVar[str] = ""
     step: ClassVar[str] = "G"
+    uses_T: ClassVar[bool] = False  # whether ``T`` changes the term (else it leaves the run's identity)
     reads: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, T: float, s_nz: int, t_nz: int):
@@ -76,6 +77,7 @@ class ScoreKL(KD):
     log-scores, whose spread is already of order one.
     """
 
+    uses_T = True
     reads = {"G:real": ("out:score",)}
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
@@ -100,6 +102,7 @@ class ScoreNCE(KD):
     earlier project used it (without T^2, as in LwF).
     """
 
+    uses_T = True
     reads = {"G:real": ("out:score",)}
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
@@ -144,6 +147,7 @@ class Disc(KD):
     student's reconstructions: the student D learns the teacher D's soft verdicts (D step)."""
 
     step = "D"
+    uses_T = True
     reads = {"D:real": ("out:logit_real",), "D:fake": ("out:logit_fake",)}
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:

@@ -293,3 +293,22 @@ def test_two_leads_train_a_two_lead_teacher_and_student(tracking_store, syntheti
     assert main(["score", "--model", out.run_id, "--input", str(tmp_path / "beats.npy"),
                  "--output", str(tmp_path / "s.npy"), "--device", "cpu"]) == 0
     assert np.load(tmp_path / "s.npy").shape == (20,)
+
+
+def test_a_student_without_terms_trains_and_names_no_teacher(tracking_store, synthetic, monkeypatch):
+    """The undistilled baseline reads no teacher: none is found, trained or recorded for it."""
+    from ablation import run as run_module
+    monkeypatch.setattr(run_module, "ensure_teacher", lambda *a, **k: pytest.fail("a teacher was looked up"))
+    out = execute(from_dict(RunConfig, tiny_dict("student")), beats=synthetic, progress=False, experiment="alone")
+    tags = MlflowClient().get_run(out.run_id).data.tags
+    assert "teacher_run_id" not in tags and tags["role"] == "student"
+
+
+def test_a_run_records_its_numeric_path_and_weights_hash(teacher_run):
+    from ablation import numerics
+    cfg, out = teacher_run
+    tags = MlflowClient().get_run(out.run_id).data.tags
+    assert tags["numerics.mode"] == numerics.mode() and tags["numerics.threads"] == "1"
+    assert tags["numerics.onednn_max_cpu_isa"] == "AVX2" and tags["numerics.aten_capability"] == "AVX2"
+    assert tags["numerics.cpu_model"] and tags["numerics.torch"] == torch.__version__
+    assert tags["weights_sha256"] == numerics.weights_hash(out.result.state)

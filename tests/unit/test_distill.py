@@ -494,9 +494,10 @@ def test_ensemble_teacher_config_refuses_what_does_not_align(extra, message):
 
 
 def test_teacher_seeds_give_one_teacher_config_per_seed_and_a_new_key():
-    base = from_dict(RunConfig, {"role": "student", "model": STUDENT, "distill": {"teacher": TEACHER}})
+    base = from_dict(RunConfig, {"role": "student", "model": STUDENT,
+                                 "distill": {"teacher": TEACHER, "kd": {"kind": "recon"}}})
     ens = from_dict(RunConfig, {"role": "student", "model": STUDENT,
-                                "distill": {"teacher": TEACHER, "teacher_seeds": [0, 1, 2]}})
+                                "distill": {"teacher": TEACHER, "kd": {"kind": "recon"}, "teacher_seeds": [0, 1, 2]}})
     assert [t.train.seed for t in ens.teacher_configs()] == [0, 1, 2]
     assert ens.teacher_configs()[0] == base.teacher_config() and base.teacher_configs() == [base.teacher_config()]
     assert ens.key() != base.key()

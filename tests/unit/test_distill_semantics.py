@@ -175,7 +175,7 @@ def test_same_width_student_does_not_start_from_its_teachers_init(tracking_store
     from ablation import run as run_module
     cfg = from_dict(RunConfig, {"role": "student", "model": TINY_MODEL,
                                 "train": {"epochs": 1, "device": "cpu", "seed": 3}, "data": {"train_subset": 256},
-                                "distill": {"teacher": TINY_MODEL,
+                                "distill": {"teacher": TINY_MODEL, "kd": {"kind": "recon"},
                                             "teacher_train": {"epochs": 1, "seed": 3}}})
     initial = {}
     real_train = run_module.train
@@ -219,19 +219,48 @@ def test_stored_keys_do_not_move():
     assert student.key() == GOLDEN_STUDENT_KEY
 
 
-GOLDEN_TEACHER_KEY = "ba9c583707116324"
-GOLDEN_STUDENT_KEY = "c6e59600cba79eba"
+GOLDEN_TEACHER_KEY = "6c5431fe2688ab42"  # numerics revision 1: the pinned path and train.threads
+GOLDEN_STUDENT_KEY = "d236cff954da6822"
 
 
-def test_run_key_of_a_teacher_is_unchanged_by_the_identity_function():
-    """The teacher's run key is what stored teachers are found by: it keeps the formula it had."""
+def test_run_key_of_a_teacher_is_its_config_data_and_numeric_path():
+    """The teacher's run key is what committed teachers are found by: the config's fields that
+    change training, the beats, and the numeric path (pinned kernels, thread count)."""
     from ablation.config import config_hash
     d = RunConfig().to_dict()
     for k in ("device", "eval_batch_size", "test_every_epoch", "compile", "ema", "max_minutes", "precision",
               "time_warp", "lr_d", "val_per_epoch", "d_real_label", "patience", "snapshots", "snapshot_gap",
               "score_feat_weight"):
         d["train"].pop(k)
-    assert run_key(RunConfig(), "fp") == config_hash({"config": d, "data": "fp"})
+    assert d["train"]["threads"] == 1
+    assert run_key(RunConfig(), "fp") == config_hash({"config": {**d, "numerics": "avx2-r1"}, "data": "fp"})
+    assert from_dict(RunConfig, {"train": {"threads": 2}}).key() != RunConfig().key()
+
+
+def _student(distill: dict) -> RunConfig:
+    return from_dict(RunConfig, {"role": "student", "model": {"ndf": 8, "ngf": 8}, "distill": distill})
+
+
+def test_a_student_without_terms_has_no_teacher_weight_or_temperature_in_its_key():
+    """Fields nothing reads leave the key: changing them must not retrain the same student."""
+    from ablation.config import run_identity
+    alone = _student({})
+    assert run_identity(alone)["distill"] == {}
+    for other in ({"kd": {"kind": "none", "T": 9.0, "weight": 3.0}}, {"normalize": True},
+                  {"teacher": {"ndf": 16}}, {"teacher_bn": "train"}, {"teacher_train": {"epochs": 2}}):
+        assert _student(other).key() == alone.key(), other
+    assert _student({"kd": {"kind": "recon"}}).key() != alone.key()
+
+
+def test_a_temperature_is_in_the_key_only_for_the_kinds_that_read_it():
+    for kind, reads_t in (("recon", False), ("latent", False), ("score_kl", True), ("score_nce", True),
+                          ("disc", True)):
+        one, two = (_student({"kd": {"kind": kind, "T": t}}) for t in (2.0, 8.0))
+        assert (one.key() != two.key()) == reads_t, kind
+        assert _student({"kd": {"kind": kind, "weight": 0.5}}).key() != one.key(), kind
+    feat = [{"position": "enc.3.pre", "distance": "l2"}]
+    assert _student({"features": feat, "kd": {"T": 2.0}}).key() == _student({"features": feat}).key()
+    assert _student({"features": feat, "teacher": {"ndf": 16}}).key() != _student({"features": feat}).key()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""The pinned numeric path (`ablation.numerics`), in subprocesses: whatever kernels the caller's
+environment asks for, a run trains the same bits (synthetic beats, a tiny model: not ECG)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+TRAIN = """
+import ablation
+from ablation import fingerprint
+from ablation.config import RunConfig, from_dict
+from ablation.data.dataset import load_data
+from ablation.data.synthetic import synthetic_beats
+cfg = from_dict(RunConfig, {"model": {"ndf": 4, "ngf": 4, "nz": 8}, "data": {"train_subset": 512, "val_subset": 200},
+                            "train": {"epochs": 2, "device": "cpu"}})
+digest, auc = fingerprint.run(cfg, load_data(cfg.data, beats=synthetic_beats(seed=0), progress=False))
+print(digest)
+"""
+OTHER_KERNELS = {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+
+
+def _hash(**env: str) -> str:
+    full = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR",
+                                                            "ABLATION_NUMERICS")}
+    out = subprocess.run([sys.executable, "-c", TRAIN], env={**full, **env}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()[-1]
+
+
+def test_a_run_trains_the_same_bits_whatever_kernels_the_environment_asks_for():
+    pinned = _hash()
+    assert _hash(**OTHER_KERNELS) == pinned
+    # the check can fail: left free (ABLATION_NUMERICS=native), those kernels train other weights
+    assert _hash(ABLATION_NUMERICS="native", **OTHER_KERNELS) != pinned
+
+
+def test_training_refuses_to_start_when_torch_came_first():
+    code = "import torch, ablation\nfrom ablation import numerics\nnumerics.check()"
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "import ablation first" in out.stderr
+
+
+def test_the_numeric_path_is_in_every_key(monkeypatch):
+    from ablation import numerics
+    from ablation.config import RunConfig
+    pinned = RunConfig().key()
+    monkeypatch.setenv("ABLATION_NUMERICS", "native")
+    assert numerics.mode() == "native" and RunConfig().key() != pinned
+
+
+@pytest.mark.parametrize("flags,expected", [("fpu avx2 fma avx512f avx512_bf16", "avx2 fma avx512f avx512_bf16"),
+                                            ("fpu sse4_2", "")])
+def test_isa_flags_keep_those_that_choose_kernels(monkeypatch, flags, expected):
+    from ablation import numerics
+    monkeypatch.setattr(numerics, "_cpuinfo", lambda: f"model name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert numerics.isa_flags() == expected and numerics.cpu_model() == "Some CPU"
