@@ -10,7 +10,7 @@ WORKERS ?= 1
 JOBS    ?= $(shell nproc)
 ARGS    ?=
 
-.PHONY: venv test data teacher teachers study tune report bench gpu-check ui dashboard clean
+.PHONY: venv test data teacher teachers study tune report reproduce fingerprint bench gpu-check ui dashboard clean
 
 venv: $(VENV)/.installed
 
@@ -29,9 +29,11 @@ data: venv
 teacher: venv
 	$(BIN)/python -m ablation teacher $(ARGS)
 
-# the five folds' teachers, JOBS at a time (default: one per core), each on one thread
+# the teachers of folds 0-4 x seeds 0-1, JOBS at a time (default: one per core), each on one thread:
+# a committed one (results/teachers/) is imported, a missing one trained and exported there
 teachers: venv
-	printf '%s\n' 0 1 2 3 4 | xargs -P $(JOBS) -I{} $(BIN)/python -m ablation teacher --export --threads 1 --set data.fold={} $(ARGS)
+	printf '%s\n' "0 0" "1 0" "2 0" "3 0" "4 0" "0 1" "1 1" "2 1" "3 1" "4 1" | xargs -P $(JOBS) -L 1 sh -c \
+	  '$(BIN)/python -m ablation teacher --export --threads 1 --set data.fold=$$0 --set train.seed=$$1 $(ARGS)'
 
 study: venv
 	$(BIN)/python -m ablation study $(NAME) --workers $(WORKERS) $(ARGS)
@@ -41,6 +43,14 @@ tune: venv
 
 report: venv
 	$(BIN)/python -m ablation report $(NAME) $(ARGS)
+
+# retrain a study's committed trials in a scratch store: make reproduce NAME=headline ARGS="--folds 2 --variants kd_recon"
+reproduce: venv
+	$(BIN)/python -m ablation reproduce $(NAME) $(ARGS)
+
+# this machine's numeric fingerprint, and its row in results/fingerprints.csv
+fingerprint: venv
+	$(BIN)/python -m ablation fingerprint --record $(ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/bench.py $(ARGS)

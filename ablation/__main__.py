@@ -79,7 +79,7 @@ def cmd_train(args, teacher_only: bool = False) -> None:
         print(f"teacher run {run_id}")
         if args.export:
             from ablation import teachers
-            print(f"exported teacher: {teachers.export(run_id)} (and its row in results/teachers.csv)")
+            print(f"exported teacher: {teachers.export(run_id)} (and its row in results/teachers.csv: commit both)")
         return
     out = execute(cfg, mitdb=args.mitdb, device=device, experiment=args.experiment, skip_finished=not args.force)
     if out.result is None:
@@ -256,6 +256,38 @@ def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device,
     return pd.DataFrame(curve(members, data)).assign(fold=loaded[0][1].data.fold)
 
 
+def cmd_fingerprint(args) -> None:
+    """Train a fixed small BeatGAN on the real records (300 steps, one thread, the pinned kernels)
+    and print the SHA-256 of its weights; --record adds this machine's row to results/fingerprints.csv."""
+    from ablation import fingerprint
+    row = fingerprint.measure(args.mitdb)
+    table = fingerprint.known()
+    seen = table.loc[table["fingerprint"] == row["fingerprint"], "cpu_model"].tolist()
+    print(f"fingerprint {row['fingerprint']}")
+    print(f"validation AUC {row['val_auc']:.6f}; {row['cpu_model']} ({row['isa_flags']}), {row['mode']}, "
+          f"torch {row['torch']}, oneDNN {row['onednn']}, {row['threads']} thread")
+    print(f"matches {len(seen)} machine(s) of {fingerprint.TABLE.name}: {', '.join(seen)}" if seen else
+          f"not in {fingerprint.TABLE.name} ({len(table)} machines): this machine computes other bits")
+    if args.record:
+        fingerprint.record(row)
+        print(f"recorded this machine in {fingerprint.TABLE}")
+
+
+def cmd_reproduce(args) -> None:
+    """Retrain a study's committed trials (results/STUDY.csv) in a scratch store and say, per trial,
+    whether the new run is identical to the committed one."""
+    from ablation.study.reproduce import reproduce
+    from ablation.study.spec import load_study, select_part
+    from ablation import tracking
+    tracking.setup(args.tracking_uri)
+    spec = select_part(load_study(args.name, args.scale), args.folds, args.variants)
+    table = reproduce(spec, args.mitdb, args.device)
+    print(table.to_string(index=False, float_format="%.6f"))
+    print(f"reproduced {int(table['identical'].sum())} of {len(table)} trials identically")
+    if not table["identical"].all():
+        raise SystemExit(1)
+
+
 def cmd_standings(args) -> None:
     """The platform's best detectors against test AUC 0.95, best first, from the committed results/ tables."""
     from ablation.report.standings import markdown, standings
@@ -313,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--set data.fold=K picks the fold.")
     common(t)
     t.add_argument("--export", action="store_true",
-                   help="also write the checkpoint to runs/teachers/ and its row to results/teachers.csv")
+                   help="also commit the checkpoint to results/teachers/ and its row to results/teachers.csv")
     t.set_defaults(func=lambda a: cmd_train(a, teacher_only=True))
 
     tr = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
@@ -381,6 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--csv", required=True, help="the CSV file to write")
     h.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     h.set_defaults(func=cmd_history)
+
+    fp = sub.add_parser("fingerprint", help=cmd_fingerprint.__doc__.split(";")[0], description=cmd_fingerprint.__doc__)
+    fp.add_argument("--mitdb", help="folder with the MIT-BIH records")
+    fp.add_argument("--record", action="store_true", help="add (or refresh) this machine's row in results/fingerprints.csv")
+    fp.set_defaults(func=cmd_fingerprint)
+
+    rp = sub.add_parser("reproduce", help=cmd_reproduce.__doc__.split(" (")[0], description=cmd_reproduce.__doc__)
+    common(rp, config=False)
+    rp.add_argument("name", help="study name (studies/NAME.yaml) whose committed trials to retrain")
+    rp.add_argument("--scale", default="cpu", help="a scale declared in the study file (default: cpu)")
+    rp.add_argument("--folds", type=int, nargs="+", help="only these folds")
+    rp.add_argument("--variants", nargs="+", help="only these variants")
+    rp.set_defaults(func=cmd_reproduce)
 
     st = sub.add_parser("standings", help=cmd_standings.__doc__, description=cmd_standings.__doc__)
     st.set_defaults(func=cmd_standings)

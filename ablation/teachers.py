@@ -1,13 +1,13 @@
-"""Exported teachers: a trained teacher's checkpoint under ``runs/teachers/<run key>.pt``
-(git-ignored: checkpoints are not committed) and its row in the committed ``results/teachers.csv``
-(key, run, fold, seed, leads `nc`, metrics, the checkpoint's SHA-256; one row per exported run). Copy ``runs/teachers/`` to another machine and
-it finds the very teacher a study was trained against instead of training another (CPU float
-arithmetic differs between machines, so a retrained teacher would not be the same model); the
-table says which teacher each study used and what it measured either way.
+"""The canonical teachers, committed: one checkpoint per teacher key under
+``results/teachers/<run key>.pt`` (about 10 MB for the ndf-32 recipe, as BeatGAN's authors ship
+theirs) and one row per key in ``results/teachers.csv`` (run, fold, seed, leads `nc`, metrics,
+the numeric path it was trained on, the checkpoint's SHA-256).
 
-`export` writes both for a finished teacher run (``python -m ablation teacher --export``,
-``make teachers``); `import_teacher` logs an exported teacher into MLflow's ``teachers``
-experiment under its key, after checking the file's SHA-256 against the table.
+A teacher key names the config, the beats and the numeric path (`ablation.numerics`), so a
+teacher trained again under the same key is the same model: a key has one teacher. A fresh clone
+finds every committed teacher here and imports it instead of training one (`import_teacher`,
+called by `ablation.run.ensure_teacher`); `export` (``teacher --export``, ``make teachers``)
+writes both for a finished teacher run.
 """
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ import pandas as pd
 import torch
 
 from ablation import tracking
-from ablation.paths import RESULTS, RUNS, replace_csv
+from ablation.paths import RESULTS, replace_csv
 
 TABLE = "teachers.csv"
 METRICS = ("best_val_auc", "best_val_at", "epochs_run", "test_auc", "test_ap", "test_f1")
+CONTEXT = ("data_fingerprint", "git_commit", "numerics.mode", "numerics.cpu_model", "numerics.threads")
+
+
+def checkpoint_path(key: str) -> Path:
+    return RESULTS / "teachers" / f"{key}.pt"
 
 
 def _table() -> pd.DataFrame:
@@ -34,43 +39,55 @@ def _sha256(path: Path) -> str:
 
 
 def export(run_id: str) -> Path:
-    """Write the teacher run's checkpoint and its row (key, run, fold, seed, metrics, file hash)."""
+    """Write the teacher run's checkpoint and its row; a key already committed keeps its teacher
+    (ValueError when this run's checkpoint is not that one)."""
     run = tracking.get_run(run_id)
     key = run.data.tags["run_key"]
     cfg, state = tracking.load_checkpoint(run_id)
-    path = RUNS / "teachers" / f"{key}.pt"
+    path = checkpoint_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, path)
-    _record({"run_key": key, "run_id": run_id, "fold": cfg.data.fold, "seed": cfg.train.seed, "nc": cfg.data.nc,
-             **{m: run.data.metrics.get(m) for m in METRICS}, "data_fingerprint": run.data.tags.get("data_fingerprint"),
-             "git_commit": run.data.tags.get("git_commit"), "sha256": _sha256(path)})
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, tmp)
+    committed = _table()
+    committed = committed[committed["run_key"] == key]
+    if not committed.empty and path.is_file():
+        same = _sha256(tmp) == committed["sha256"].iloc[0]
+        tmp.unlink()
+        if not same:
+            raise ValueError(f"{path}: teacher {key} is already committed (run {committed['run_id'].iloc[0]}) and run "
+                             f"{run_id} trained under the same key is another model; a key has one teacher")
+        return path
+    tmp.replace(path)
+    imported = run.data.tags.get("imported_from")
+    _record({"run_key": key, "run_id": imported or run_id, "fold": cfg.data.fold, "seed": cfg.train.seed,
+             "nc": cfg.data.nc, **{m: run.data.metrics.get(m) for m in METRICS},
+             **{c: run.data.tags.get(c) for c in CONTEXT}, "sha256": _sha256(path)})
     return path
 
 
 def _record(row: dict) -> None:
-    """Add a teacher run's row; rows of earlier runs with the same key stay (a retrained teacher
-    need not be the same model, and committed trials cite the run they were trained against).
-    Under a lock: `make teachers` exports two at once."""
+    """Write a teacher's row, replacing any row of its key (one teacher per key). Under a lock:
+    `make teachers` exports two at once."""
     with tracking.key_lock("results-teachers"):
         table = _table()
-        table = pd.concat([table[table["run_id"] != row["run_id"]], pd.DataFrame([row])], ignore_index=True)
-        replace_csv(RESULTS / TABLE, table.sort_values(["fold", "seed"], kind="stable"))
+        table = pd.concat([table[table["run_key"] != row["run_key"]], pd.DataFrame([row])], ignore_index=True)
+        replace_csv(RESULTS / TABLE, table.sort_values(["fold", "seed", "nc"], kind="stable"))
 
 
 def import_teacher(key: str, experiment: str) -> str | None:
-    """The run id of an exported teacher with this key, logged into `experiment` now; None when the
-    table has no row for it or its checkpoint is not on this machine (the teacher is then trained)."""
-    table = _table()
-    rows = table[table["run_key"] == key]
-    path = RUNS / "teachers" / f"{key}.pt"
+    """The run id of the committed teacher with this key, logged into `experiment` now; None when
+    there is none (the teacher is then trained). A checkpoint whose SHA-256 is not its row's is
+    refused (`tracking.StoreError`)."""
+    rows = _table()
+    rows = rows[rows["run_key"] == key]
+    path = checkpoint_path(key)
     if rows.empty or not path.is_file():
         return None
-    matching = rows[rows["sha256"] == _sha256(path)]
-    if matching.empty:
-        raise tracking.StoreError(f"{path}: none of the teacher {key} checkpoints {RESULTS / TABLE} lists "
-                                  f"(SHA-256 differs); remove the file to train the teacher again")
-    row = matching.iloc[-1]
+    row = rows.iloc[-1]
+    if _sha256(path) != row["sha256"]:
+        raise tracking.StoreError(f"{path}: not the teacher {key} that {RESULTS / TABLE} lists (SHA-256 differs); "
+                                  f"restore it with git checkout")
     tags = {"role": "teacher", "run_key": key, "imported_from": str(row["run_id"]),
-            "data_fingerprint": str(row["data_fingerprint"]), "git_commit": str(row["git_commit"])}
+            **{c: str(row[c]) for c in CONTEXT if c in row and pd.notna(row[c])}}
     return tracking.log_imported(experiment, f"teacher-{key[:8]} (imported)", tags,
-                                 {m: float(row[m]) for m in METRICS if pd.notna(row[m])}, path)
+                                 {m: float(row[m]) for m in METRICS if pd.notna(row.get(m))}, path)

@@ -93,6 +93,24 @@ def retire(run_id: str, reason: str) -> None:
     client.set_terminated(run_id, "FAILED")
 
 
+_ARTIFACTS = {"root": RUNS / "mlartifacts"}  # where a database store's experiments keep their artifacts
+
+
+@contextmanager
+def scratch_store():
+    """A throw-away store (SQLite and artifacts in a temporary folder) for the block; the previous
+    store is current again after it. `reproduce` retrains committed trials there."""
+    previous, root = mlflow.get_tracking_uri(), _ARTIFACTS["root"]
+    with tempfile.TemporaryDirectory(prefix="ablation-scratch-") as tmp:
+        _ARTIFACTS["root"] = Path(tmp) / "mlartifacts"
+        try:
+            setup(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+            yield tmp
+        finally:
+            _ARTIFACTS["root"] = root
+            mlflow.set_tracking_uri(previous)
+
+
 def experiment_id(name: str) -> str:
     """The id of experiment `name`, created (with an explicit local artifact folder) when missing."""
     client = MlflowClient()
@@ -101,7 +119,7 @@ def experiment_id(name: str) -> str:
         return exp.experiment_id
     location = None  # a tracking server decides its own artifact store
     if not mlflow.get_tracking_uri().startswith(("http:", "https:")):
-        location = (RUNS / "mlartifacts" / name).as_uri()  # database store: artifacts under runs/
+        location = (_ARTIFACTS["root"] / name).as_uri()  # database store: artifacts under runs/
     try:  # tagged as model training (MLflow 3 otherwise treats experiments as GenAI ones)
         return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: "custom_model_development"})
     except mlflow.exceptions.MlflowException:  # created meanwhile by another worker
@@ -198,6 +216,11 @@ def training_run(experiment_name: str, cfg: RunConfig, tags: dict[str, str], par
             mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}".strip(": "))
             mlflow.end_run("KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED")
             raise
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Tags of the active run (`training_run`)."""
+    mlflow.set_tags(tags)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

@@ -97,7 +97,7 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
         student = row["student_params"]
         row["n_params"] = student if not math.isnan(student) else row["params_G"] + row["params_D"]
         for t in ("teacher_run_id", "teacher_run_ids", "git_commit", "scale", "role", "data_fingerprint",
-                  "study"):
+                  "study", "weights_sha256", "numerics.mode", "numerics.cpu_model", "numerics.threads"):
             row[t] = tags.get(t)
         row.update({f"param.{k}": v for k, v in params.items()})
         rows.append(row)
@@ -217,6 +217,22 @@ def paired_test(runs: pd.DataFrame, variant: str, baseline: str, metric: str = "
     return Paired(n, delta, float(stats.wilcoxon(d).pvalue), "")
 
 
+def blocked_test(runs: pd.DataFrame, variant: str, baseline: str, metric: str = "test_auc") -> Paired:
+    """The fold-blocked analysis: the paired differences averaged within each fold (the folds share
+    their abnormal test beats, so a fold's seeds are not independent samples), then a two-sided
+    one-sample t-test of the fold means against 0. Needs 3 folds."""
+    d = paired_differences(runs, variant, baseline, metric)
+    if d.empty:
+        return Paired(0, math.nan, math.nan, "n/a: no matched pairs")
+    by_fold = d.groupby(level="fold").mean().to_numpy(dtype=float)
+    n = len(by_fold)
+    if n < 3:
+        return Paired(n, float(by_fold.mean()), math.nan, f"n/a: {n} fold{'s' if n != 1 else ''} (needs >= 3)")
+    if np.all(by_fold == by_fold[0]):
+        return Paired(n, float(by_fold.mean()), 1.0 if by_fold[0] == 0 else 0.0, "")
+    return Paired(n, float(by_fold.mean()), float(stats.ttest_1samp(by_fold, 0.0).pvalue), "")
+
+
 def paired_ci(d: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The t-distribution confidence interval of the mean paired difference (NaN below 2 pairs)."""
     desc = describe(d, confidence)
@@ -250,30 +266,37 @@ def detectable_difference(d: np.ndarray, alpha: float, power: float = 0.8) -> fl
 
 def gap_closed(runs: pd.DataFrame, variant: str, baseline: str, metric: str) -> float:
     """(variant - baseline) / (teacher - baseline) of `metric`, each a mean over the matched (fold,
-    seed) pairs, the teacher's value being that of each pair's own teacher (column ``teacher_<metric>``).
+    seed) pairs, the teacher's value being that of each pair's own teacher (column ``teacher_<metric>``:
+    the baseline's, or the variant's where an undistilled baseline names none).
     NaN without teacher values or when the teacher is no better than the baseline."""
     col = f"teacher_{metric}"
     if col not in runs:
         return math.nan
     d = paired_differences(runs, variant, baseline, metric)
-    base = runs[(runs["variant"] == baseline)].set_index(list(PAIR_KEYS))
-    if d.empty or base[col].isna().all():
+    if d.empty:
         return math.nan
-    base = base.loc[d.index]
-    gap = float((base[col] - base[metric]).mean())
+    base, var = (runs[runs["variant"] == v].set_index(list(PAIR_KEYS)).loc[d.index] for v in (baseline, variant))
+    teacher = base[col].fillna(var[col])
+    if teacher.isna().all():
+        return math.nan
+    gap = float((teacher - base[metric]).mean())
     return float(d.mean()) / gap if gap > 0 else math.nan
 
 
 def teacher_row(runs: pd.DataFrame, metrics: Sequence[str] = METRICS, baseline: str | None = None
                 ) -> dict[str, Any] | None:
-    """The distinct teachers the baseline's runs name (all runs' without a baseline), as a reference
-    row of the summary: those `gap_closed` measures against; a variant's own teacher (two leads, say)
-    is not averaged in."""
+    """The distinct teachers the baseline's runs name, as a reference row of the summary: those
+    `gap_closed` measures against. An undistilled baseline names none: then each fold's teacher
+    named by the most runs. A variant's own teacher (two leads, say) is not averaged in."""
     if "teacher_run_id" not in runs or f"teacher_{metrics[0]}" not in runs:
         return None
-    if baseline is not None and (runs["variant"] == baseline).any():
-        runs = runs[runs["variant"] == baseline]
-    t = runs.dropna(subset=["teacher_run_id"]).drop_duplicates("teacher_run_id")
+    named = runs.dropna(subset=["teacher_run_id"])
+    if baseline is not None and (named["variant"] == baseline).any():
+        named = named[named["variant"] == baseline]
+    elif len(named):
+        most = named.groupby("fold")["teacher_run_id"].agg(lambda ids: ids.value_counts().index[0])
+        named = named[named["teacher_run_id"].isin(set(most))]
+    t = named.drop_duplicates("teacher_run_id")
     if t.empty or t[f"teacher_{metrics[0]}"].isna().all():
         return None
     row: dict[str, Any] = {"variant": "teacher", "n_runs": len(t), "is_baseline": False, "is_reference": True,
@@ -331,11 +354,14 @@ def summarize(runs: pd.DataFrame, baseline: str | None = None, metrics: Sequence
                         f"{m}_gap_closed": math.nan, f"{m}_mde": math.nan})
             if v == base or m not in runs:
                 row[f"{m}_delta"], row[f"{m}_p"] = (0.0 if v == base else math.nan), math.nan
+                row[f"{m}_p_blocked"] = math.nan
                 continue
             p = paired_test(runs, v, base, m)
             d = paired_differences(runs, v, base, m).to_numpy(dtype=float)
             row["n_pairs"] = max(row["n_pairs"], p.n_pairs)
             row[f"{m}_delta"], row[f"{m}_p"] = p.delta, p.p_value
+            blocked = blocked_test(runs, v, base, m)
+            row["n_folds"], row[f"{m}_p_blocked"] = blocked.n_pairs, blocked.p_value
             row[f"{m}_delta_ci_low"], row[f"{m}_delta_ci_high"] = paired_ci(d)
             row[f"{m}_gap_closed"] = gap_closed(runs, v, base, m)
             row[f"{m}_mde"] = detectable_difference(d, ALPHA / max(1, len(variants) - 1))
@@ -348,10 +374,12 @@ def summarize(runs: pd.DataFrame, baseline: str | None = None, metrics: Sequence
             row[f"{m}_mean"] = float(sub[m].mean()) if m in sub and sub[m].notna().any() else math.nan
         row["notes"] = "; ".join(notes)
         rows.append(row)
-    for m in metrics:  # Holm over the variants compared with the baseline, per metric
-        adjusted = holm([r[f"{m}_p"] for r in rows])
-        for r, q in zip(rows, adjusted):
-            r[f"{m}_p_holm"] = q
+    for m in metrics:  # Holm over the variants compared with the baseline, per metric and test
+        for col in (f"{m}_p", f"{m}_p_blocked"):
+            for r, q in zip(rows, holm([r[col] for r in rows])):
+                r[f"{col}_holm"] = q
+            for r in rows:  # resolved: the pairs' Wilcoxon and the fold-blocked t-test agree after Holm
+                r[f"{m}_resolved"] = bool(r[f"{m}_p_holm"] < ALPHA and r.get(f"{m}_p_blocked_holm", 1.0) < ALPHA)
     table = pd.DataFrame(rows)
     table.attrs["baseline"] = base
     return table

@@ -4,8 +4,8 @@
 
 `summary` is the report CSV's frame (`with_reference(summary, runs)`): one row per variant, the
 teachers' reference row last. Each variant row gives test AUC and AP as mean ± sd, the paired
-difference to the baseline with its 95 % CI and Holm-adjusted Wilcoxon p, and the share of the
-teacher-student AUC gap closed; the baseline and the teacher rows give the means only.
+difference to the baseline with its 95 % CI, the Holm-adjusted p of the pairs' Wilcoxon test and of
+the fold-blocked t-test (`aggregate.blocked_test`), and the share of the teacher-student AUC gap closed; the baseline and the teacher rows give the means only.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = ("variant", "runs", "test AUC mean ± sd", "Δ AUC [95 % CI]", "Holm p", "test AP mean ± sd",
-           "Δ AP [95 % CI]", "Holm p", "AUC gap closed")
+COLUMNS = ("variant", "runs", "test AUC mean ± sd", "Δ AUC [95 % CI]", "Holm p", "blocked p", "test AP mean ± sd",
+           "Δ AP [95 % CI]", "Holm p", "blocked p", "AUC gap closed")
 
 
 def _missing(x: Any) -> bool:
@@ -33,11 +33,13 @@ def _delta(row: pd.Series, m: str) -> str:
             f"{row[f'{m}_delta_ci_high']:+.4f}]")
 
 
-def _p(row: pd.Series, m: str) -> str:
-    p = row.get(f"{m}_p_holm")
+def _p(row: pd.Series, m: str, test: str = "") -> str:
+    """A Holm-adjusted p (`test` "_blocked": the fold-blocked t-test's), bold where the difference
+    is resolved: both tests below 0.05 after Holm."""
+    p = row.get(f"{m}_p{test}_holm")
     if _missing(p):
         return "—"
-    return f"**{p:.3f}**" if p < 0.05 else f"{p:.3f}"
+    return f"**{p:.3f}**" if bool(row.get(f"{m}_resolved", False)) else f"{p:.3f}"
 
 
 def _gap(row: pd.Series) -> str:
@@ -52,11 +54,12 @@ def _name(row: pd.Series, baseline: str) -> str:
 
 
 def markdown_table(summary: pd.DataFrame, baseline: str) -> str:
-    """One Markdown row per variant of `summary` (order kept), Holm p < 0.05 in bold."""
+    """One Markdown row per variant of `summary` (order kept); p in bold where the pairs' Wilcoxon
+    and the fold-blocked t-test are both below 0.05 after Holm."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for _, row in summary.iterrows():
         cells = [_name(row, baseline), f"{int(row['n_runs'])}", _mean_sd(row, "test_auc"), _delta(row, "test_auc"),
-                 _p(row, "test_auc"), _mean_sd(row, "test_ap"), _delta(row, "test_ap"), _p(row, "test_ap"),
-                 _gap(row)]
+                 _p(row, "test_auc"), _p(row, "test_auc", "_blocked"), _mean_sd(row, "test_ap"),
+                 _delta(row, "test_ap"), _p(row, "test_ap"), _p(row, "test_ap", "_blocked"), _gap(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@
                      mean / sd / 95 % CI, and the distance of the mean to the target
     markdown(standings())  ->  the README's table
 
-Read from the committed tables only (`results/`), so it rebuilds on any machine: the teachers the
+Read from the committed tables only (`results/first_run/` by default: the runs made before the
+numeric path was pinned, whose checkpoints are gone), so it rebuilds on any machine: the teachers the
 headline study used (`teachers.csv`, one run per fold: the last exported), the same teachers'
 snapshot ensembles with K chosen on validation (`snapshots_teachers.csv`), seed ensembles of each
 fold's teachers (`ensemble_teachers.csv`, every member), the levers study's ensemble-distilled and
@@ -21,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from ablation.paths import RESULTS
+
+FIRST_RUN = RESULTS / "first_run"
 from ablation.report.aggregate import describe
 
 TARGET = 0.95
@@ -102,7 +105,7 @@ def _sources(results: Path) -> list[tuple[str, int, pd.Series]]:
     ]
 
 
-def standings(results: Path = RESULTS, target: float = TARGET) -> pd.DataFrame:
+def standings(results: Path = FIRST_RUN, target: float = TARGET) -> pd.DataFrame:
     """One row per detector with committed runs, sorted by mean test AUC (best first)."""
     rows = []
     for label, params, values in _sources(Path(results)):

@@ -5,7 +5,8 @@ it after every finished trial (MLflow's finished runs merged with the rows alrea
 rows trained on another machine are kept); a trial whose key has a row counts as finished, so a
 study resumed on a fresh machine does not train it again; and `make report` reads it where MLflow
 has no runs. Columns: the trial's identity and axes, its teacher (run id and test metrics), sizes,
-validation and test metrics, when and where it ran (`IDENTITY`, `METRIC_COLUMNS`, `CONTEXT`). A
+validation and test metrics, when and where it ran, on which numeric path, and the SHA-256 of
+its weights (`IDENTITY`, `METRIC_COLUMNS`, `CONTEXT`). A
 student of an ensemble names all its teachers in ``teacher_run_ids``; ``teacher_run_id`` and the
 teacher metrics are its first member's.
 """
@@ -24,7 +25,8 @@ METRIC_COLUMNS = ["best_val_auc", "best_val_ap", "best_val_f1", "best_epoch", "b
 CONTEXT = ["teacher_run_id", "teacher_run_ids", "teacher_test_auc", "teacher_test_ap", "teacher_test_f1",
            "n_params", "teacher_params", "compression_ratio", "param.model.ndf", "param.train.epochs",
            "param.data.train_subset", "param.distill.teacher_train.epochs", "train_wall_seconds",
-           "git_commit", "data_fingerprint", "start_time", "end_time"]
+           "git_commit", "data_fingerprint", "start_time", "end_time",
+           "weights_sha256", "numerics.mode", "numerics.cpu_model", "numerics.threads"]
 
 
 def results_path(study: str) -> Path:

@@ -101,8 +101,9 @@ def ensure_teachers(configs: list[RunConfig], beats: Beats, device: torch.device
                     workers: int = 1, mitdb: str | None = None, device_name: str | None = None) -> None:
     """Train the distinct teachers of these student configs that MLflow lacks before any worker
     starts (no trial's time includes one): one after another, or with `workers` > 1 up to that many
-    at once in their own processes, the cores shared among those running."""
-    teachers = {t.key(): t for c in configs if c.role == "student" for t in c.teacher_configs()}.values()
+    at once in their own processes, the cores shared among those running (each trains on its
+    `train.threads`; the rest, data and evaluation, on its share)."""
+    teachers = {t.key(): t for c in configs if c.reads_teacher() for t in c.teacher_configs()}.values()
     missing = ((t, d) for t in teachers for d in [load_data(t.data, beats=beats, progress=False)]
                if not tracking.find_finished(TEACHER_EXPERIMENT, run_key(t, d.fingerprint)))  # one split at a time
     if workers <= 1:
@@ -156,6 +157,7 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
             state = queue.reconcile(study, storage, [t.key for t in spec.trials], finished_keys(spec), owner)
             print(f"study {spec.name}: {spec.scale_summary}; {state['finished']} finished, {state['interrupted']} "
                   f"interrupted (re-queued), {state['to_run']} to run", flush=True)
+            workers = min(workers, state["to_run"], len(os.sched_getaffinity(0)))  # no idle or oversubscribed ones
             if workers <= 1:
                 run_worker(spec, storage_url, parent, beats=beats, device=device, progress=progress)
             else:

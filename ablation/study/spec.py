@@ -87,6 +87,7 @@ def select_part(spec: StudySpec, folds: list[int] | None = None, variants: list[
                                variants_only=tuple(n for n in dict.fromkeys(variants)) if variants is not None else None)
 
 
+RESERVED = {"teachers", "students"}  # MLflow experiments the platform itself writes
 MAX_TRIALS = 10_000  # above this a study must be confirmed (`--yes`): its trials are expanded one by one
 
 
@@ -140,6 +141,11 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
     if not isinstance(study_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", study_name):
         raise ConfigError(f"{src}: `name` {study_name!r} must be a plain name (letters, digits, . _ -): it names the "
                           f"MLflow experiment, the queue and results/<name>.csv")
+    if study_name in RESERVED:
+        raise ConfigError(f"{src}: `name` {study_name!r} is the platform's own MLflow experiment; choose another name")
+    if study_name != path.stem and (STUDIES_DIR / f"{study_name}.yaml").exists():
+        raise ConfigError(f"{src}: `name` {study_name!r} is the study studies/{study_name}.yaml: it would train into "
+                          f"that study's experiment and results table; name it {path.stem!r}")
     unknown = sorted(set(d) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"{src}: unknown key `{unknown[0]}`; allowed keys: {', '.join(sorted(TOP_KEYS))}")
@@ -160,12 +166,16 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
         if not isinstance(v, dict) or set(v) - {"name", "set", "grid"} or "name" not in v:
             raise ConfigError(f"{src}: `variants[{i}]` must be a mapping with `name` and optional `set` "
                               f"and `grid`, got {v!r}")
+        if not isinstance(v.get("set") or {}, dict):
+            raise ConfigError(f"{src}: `variants[{i}].set` must map dotted keys to values, got {v['set']!r}")
     names = [v["name"] for v in variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"{src}: variant names must be unique, got {names}")
     top_grid = _grid(d.get("grid"), "grid", src)
     folds = _list_of(d.get("folds", [base.get("data", {}).get("fold", 0)]), "folds", src, int)
     seeds = _list_of(d.get("seeds", [base.get("train", {}).get("seed", 0)]), "seeds", src, int)
+    if min(seeds) < 0:
+        raise ConfigError(f"{src}: `seeds` must be non-negative integers (torch seeds), got {seeds}")
 
     count = sum(math.prod(len(v) for v in {**top_grid, **_grid(v.get("grid"), f"variants[{v['name']}].grid",
                                                                 src)}.values())
@@ -195,5 +205,7 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
     keys = [t.key for t in trials]
     if len(set(keys)) != len(keys):
         dup = next(t.name for t in trials if keys.count(t.key) > 1)
-        raise ConfigError(f"{src}: two trials resolve to the same config (e.g. {dup!r}); remove the duplicate")
+        raise ConfigError(f"{src}: two trials resolve to the same config (e.g. {dup!r}): a field no term reads "
+                          f"(a temperature without a temperature KD kind, a teacher without a term) is not part "
+                          f"of a run; remove the duplicate")
     return StudySpec(study_name, path, d.get("description", ""), scale, trials, d.get("search"))

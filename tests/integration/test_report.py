@@ -217,6 +217,23 @@ def test_holm_by_hand():
     assert agg.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
 
 
+def test_fold_blocked_test_by_hand():
+    """Two seeds a fold: the fold means of the differences, then a one-sample t-test on them."""
+    d = {(0, 0): 0.01, (0, 1): 0.03, (1, 0): 0.02, (1, 1): 0.00, (2, 0): 0.04, (2, 1): 0.02,
+         (3, 0): 0.01, (3, 1): 0.01, (4, 0): 0.03, (4, 1): 0.05}
+    rows = [{"variant": v, "fold": f, "seed": s, "test_auc": 0.8 + (dv if v == "v" else 0.0)}
+            for (f, s), dv in d.items() for v in ("a", "v")]
+    runs = pd.DataFrame(rows)
+    means = np.array([0.02, 0.01, 0.03, 0.01, 0.04])
+    t = means.mean() / (means.std(ddof=1) / math.sqrt(5))
+    blocked = agg.blocked_test(runs, "v", "a")
+    assert blocked.n_pairs == 5 and blocked.delta == pytest.approx(means.mean())
+    assert blocked.p_value == pytest.approx(2 * stats.t.sf(t, 4))
+    assert math.isnan(agg.blocked_test(runs[runs["fold"] < 2], "v", "a").p_value)  # 2 folds: no test
+    row = agg.summarize(runs, baseline="a").set_index("variant").loc["v"]
+    assert row["n_folds"] == 5 and row["test_auc_p_blocked_holm"] == pytest.approx(blocked.p_value)
+
+
 def _paired(deltas, teacher_lead=0.1):
     n = len(deltas)
     base = np.linspace(0.8, 0.85, n)
@@ -251,21 +268,22 @@ def test_markdown_table_rows_deltas_and_bold_holm(tmp_path):
     kd, base = _row(table, "kd"), rows["student_alone` (baseline)"]
     assert f"{kd['test_auc_mean']:.4f} ± {kd['test_auc_std']:.4f}" in rows["kd"]
     assert f"{kd['test_auc_delta']:+.4f} [{kd['test_auc_delta_ci_low']:+.4f}, " in rows["kd"]
-    bold = kd["test_auc_p_holm"] < 0.05
+    bold = kd["test_auc_p_holm"] < 0.05 and kd["test_auc_p_blocked_holm"] < 0.05
+    assert bool(kd["test_auc_resolved"]) == bold
     assert (f"**{kd['test_auc_p_holm']:.3f}**" in rows["kd"]) == bold
-    assert base.count("—") == 5  # the baseline has no difference to itself
+    assert base.count("—") == 7  # the baseline has no difference to itself
     write_report(synthetic_report_data(), tmp_path)
     assert (tmp_path / "synthetic_demo.md").read_text().startswith("| variant | runs |")
 
 
 def test_the_readme_headline_table_is_the_committed_study_report(tracking_store):
-    """The README's results table is `make report NAME=headline`'s .md, rebuilt from the committed
-    results/headline.csv (real MIT-BIH runs) on an empty MLflow store."""
+    """The README's first-run table is `make report NAME=headline`'s .md, rebuilt from the committed
+    results/first_run/headline.csv (real MIT-BIH runs) on an empty MLflow store."""
     import shutil
     from ablation.paths import PROJECT_ROOT, RESULTS
     from ablation.report.markdown import markdown_table
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PROJECT_ROOT / "results" / "headline.csv", RESULTS / "headline.csv")
+    shutil.copy(PROJECT_ROOT / "results" / "first_run" / "headline.csv", RESULTS / "headline.csv")
     data = agg.collect("headline")
     table = markdown_table(agg.with_reference(data.summary, data.runs), data.baseline)
     assert len(data.runs) == 90 and data.summary["n_pairs"].dropna().eq(10).all()
@@ -311,7 +329,7 @@ def test_standings_from_committed_tables_by_hand(tmp_path):
 def test_the_readme_standings_are_the_committed_tables():
     from ablation.paths import PROJECT_ROOT
     from ablation.report.standings import markdown, standings
-    assert markdown(standings(PROJECT_ROOT / "results")) in (PROJECT_ROOT / "README.md").read_text()
+    assert markdown(standings(PROJECT_ROOT / "results" / "first_run")) in (PROJECT_ROOT / "README.md").read_text()
 
 
 def test_the_teacher_reference_row_is_the_baselines_teachers():

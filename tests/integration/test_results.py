@@ -16,8 +16,12 @@ def test_committed_results_resume_a_study_and_rebuild_its_report(tmp_path, track
     spec = run_tiny_study(tmp_path, name="results_tiny", seeds=(0, 1))
     table = results.load("results_tiny")
     assert len(table) == 4 and set(table["variant"]) == {"student_alone", "kd_score_kl"}
-    assert table["test_auc"].between(0, 1).all() and table["teacher_test_auc"].between(0, 1).all()
-    assert table["teacher_run_id"].notna().all() and set(table["trial_key"]) == {t.key for t in spec.trials}
+    assert table["test_auc"].between(0, 1).all()
+    assert set(table["trial_key"]) == {t.key for t in spec.trials}
+    alone = table["variant"] == "student_alone"  # the undistilled baseline reads, and names, no teacher
+    assert table.loc[~alone, "teacher_run_id"].notna().all() and table.loc[alone, "teacher_run_id"].isna().all()
+    assert table.loc[~alone, "teacher_test_auc"].between(0, 1).all()
+    assert table["weights_sha256"].str.fullmatch("[0-9a-f]{64}").all() and (table["numerics.threads"] == 1).all()
     old = mlflow.get_tracking_uri()
     tracking.setup(f"sqlite:///{tmp_path / 'fresh.db'}")  # a fresh machine: the committed table only
     try:
@@ -61,6 +65,7 @@ def test_an_exported_teacher_is_found_on_a_fresh_store_not_retrained(tmp_path, t
     data = load_data(cfg.data, beats=synthetic, progress=False)
     first, model = run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
     path = teachers.export(first)
+    assert path == teachers.checkpoint_path(MlflowClient().get_run(first).data.tags["run_key"])  # under results/
     table = pd.read_csv(results.RESULTS / "teachers.csv")
     row = table[table["run_id"] == first].iloc[0]
     assert path.is_file() and row["run_id"] == first and row["seed"] == 77 and row["nc"] == 1 and 0 <= row["test_auc"] <= 1
@@ -83,32 +88,66 @@ def test_an_exported_teacher_is_found_on_a_fresh_store_not_retrained(tmp_path, t
         tracking.setup(old)
 
 
-def test_a_retrained_teacher_keeps_the_row_of_the_one_a_study_used(tracking_store):
-    """A fold's teacher trained again on another machine has the same key but may not be the same
-    model: its export adds a row and keeps the earlier run's (committed trials cite its run id), and
-    an import takes the row whose SHA-256 is that of the checkpoint on this machine."""
+def test_a_key_has_one_committed_teacher(tmp_path, tracking_store, synthetic):
+    """A teacher trained again under its key on the pinned path is the same model: exporting it
+    again keeps the one row and the one checkpoint; another model under a committed key is refused."""
+    import torch
+    from ablation import run as run_module, teachers
+    from ablation.config import RunConfig, from_dict
+    from ablation.data.dataset import load_data
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL, "data": {"train_subset": 256},
+                                "train": {"epochs": 1, "device": "cpu", "seed": 78}})
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    first, _ = run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+    path = teachers.export(first)
+    again = run_module.execute(cfg, data=data, experiment="teachers", skip_finished=False, progress=False).run_id
+    assert teachers.export(again) == path
+    table = pd.read_csv(results.RESULTS / "teachers.csv", dtype={"run_key": str})
+    key = MlflowClient().get_run(first).data.tags["run_key"]
+    assert list(table.loc[table["run_key"] == key, "run_id"]) == [first]
+    table.loc[table["run_key"] == key, "sha256"] = "0" * 64  # as if the committed one were another model
+    table.to_csv(results.RESULTS / "teachers.csv", index=False)
+    with pytest.raises(ValueError, match="a key has one teacher"):
+        teachers.export(again)
+
+
+def test_a_fresh_clone_runs_a_study_on_its_committed_teachers_and_trains_none(tmp_path, tracking_store, synthetic):
+    """The teachers a study needs, exported to results/teachers/, are all a fresh machine needs:
+    its study imports them and trains none."""
     from ablation import teachers
-    path = teachers.RUNS / "teachers" / "k1.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for run_id, content in (("old", b"first model"), ("new", b"second model")):
-        path.write_bytes(content)
-        rows.append({"run_key": "k1", "run_id": run_id, "fold": 1, "seed": 0,
-                     **{m: 0.9 for m in teachers.METRICS},
-                     "data_fingerprint": "f", "git_commit": "c", "sha256": teachers._sha256(path)})
-        teachers._record(rows[-1])
-    def runs_of_k1():
-        table = pd.read_csv(results.RESULTS / "teachers.csv")
-        return list(table.loc[table["run_key"] == "k1", "run_id"])
-    assert runs_of_k1() == ["old", "new"]
-    path.write_bytes(b"first model")  # the earlier teacher's checkpoint copied here
-    imported = teachers.import_teacher("k1", "teachers")
-    assert MlflowClient().get_run(imported).data.tags["imported_from"] == "old"
-    path.write_bytes(b"neither")
-    with pytest.raises(tracking.StoreError, match="SHA-256"):
-        teachers.import_teacher("k1", "teachers")
-    teachers._record({**rows[0], "test_auc": 0.8})  # the same run exported again: replaced, not doubled
-    assert sorted(runs_of_k1()) == ["new", "old"]
+    spec = run_tiny_study(tmp_path, name="fresh_clone_tiny", seeds=(0,))
+    used = set(results.load("fresh_clone_tiny")["teacher_run_id"].dropna())
+    assert len(used) == 1
+    teachers.export(used.pop())
+    (results.RESULTS / "fresh_clone_tiny.csv").unlink()  # the trials must run again
+    old = mlflow.get_tracking_uri()
+    tracking.setup(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        runner.run_study(spec, beats=synthetic, device="cpu", progress=False)
+        exp = MlflowClient().get_experiment_by_name("teachers")
+        runs = MlflowClient().search_runs([exp.experiment_id])
+        assert len(runs) == 1 and runs[0].data.tags["imported_from"]  # imported, not trained
+        assert len(results.load("fresh_clone_tiny")) == len(spec.trials)
+    finally:
+        tracking.setup(old)
+
+
+def test_reproduce_retrains_committed_trials_in_a_scratch_store(tmp_path, tracking_store, synthetic, capsys):
+    """`reproduce` retrains the committed rows bit for bit, leaves this machine's store as it was,
+    and says so; a row whose weights differ is reported DIFFERENT."""
+    from ablation.study.reproduce import reproduce
+    from ablation.study.spec import select_part
+    spec = run_tiny_study(tmp_path, name="reproduce_tiny", seeds=(0,))
+    before = len(tracking.search("reproduce_tiny", ""))
+    part = select_part(spec, variants=["kd_score_kl"])
+    table = reproduce(part, beats=synthetic, device="cpu", progress=False)
+    assert list(table["identical"]) == [True] and list(table["match"]) == ["weights SHA-256"]
+    assert len(tracking.search("reproduce_tiny", "")) == before  # nothing written to this store
+    committed = results.load("reproduce_tiny")
+    committed["weights_sha256"] = "f" * 64
+    committed.to_csv(results.results_path("reproduce_tiny"), index=False)
+    assert not reproduce(part, beats=synthetic, device="cpu", progress=False)["identical"].any()
+    assert "DIFFERENT" in capsys.readouterr().out
 
 
 def test_teachers_exported_side_by_side_both_keep_their_rows(tracking_store):
@@ -125,3 +164,27 @@ def test_teachers_exported_side_by_side_both_keep_their_rows(tracking_store):
         assert writer.is_alive(), "the row was written without waiting for the table's lock"
     writer.join(10)
     assert "r9" in set(pd.read_csv(results.RESULTS / "teachers.csv")["run_id"])
+
+
+def test_the_committed_teachers_are_whole_and_are_the_studies_teachers(mitdb):
+    """Real records: every row of results/teachers.csv has its committed checkpoint (hash checked,
+    loadable with weights_only), one row per key, and each seed-0 one-lead row is the teacher the
+    headline study asks for on its fold (its key from the real beats), so a fresh clone imports it."""
+    import hashlib
+    import torch
+    from ablation.data.mitdb import Protocol, load_beats
+    from ablation.paths import PROJECT_ROOT
+    from ablation.run import run_key
+    from ablation.study.spec import load_study
+    table = pd.read_csv(PROJECT_ROOT / "results" / "teachers.csv", dtype={"run_key": str})
+    assert len(table) >= 1 and table["run_key"].is_unique
+    for row in table.itertuples():
+        path = PROJECT_ROOT / "results" / "teachers" / f"{row.run_key}.pt"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row.sha256, path
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert set(state) == {"config", "G", "D"} and state["config"]["data"]["fold"] == row.fold
+    fingerprint = load_beats(Protocol(), mitdb, progress=False).fingerprint
+    wanted = {t.data.fold: run_key(t, fingerprint) for trial in load_study("headline").trials
+              if trial.config.reads_teacher() for t in trial.config.teacher_configs()}
+    for row in table[(table["seed"] == 0) & (table["nc"] == 1)].itertuples():
+        assert wanted[row.fold] == row.run_key, f"fold {row.fold}"

@@ -25,7 +25,8 @@ def write(tmp_path: Path, d: dict, name: str = "s.yaml") -> Path:
 
 def test_expansion_counts_names_and_axes(tmp_path):
     d = {"name": "t", "base": TINY_BASE,
-         "variants": [{"name": "alone"}, {"name": "kd", "set": {"distill.kd.kind": "score_kl"}}],
+         "variants": [{"name": "nce", "set": {"distill.kd.kind": "score_nce"}},
+                      {"name": "kd", "set": {"distill.kd.kind": "score_kl"}}],
          "grid": {"distill.kd.T": [1.0, 4.0], "train.lr": [1e-4, 2e-4, 3e-4]},
          "folds": [0, 1], "seeds": [0, 1]}
     spec = load_study(write(tmp_path, d))
@@ -35,6 +36,13 @@ def test_expansion_counts_names_and_axes(tmp_path):
     assert t.axes == {"variant": "kd", "distill.kd.T": 4.0, "train.lr": 3e-4, "fold": 1, "seed": 1}
     assert t.config.distill.kd.kind == "score_kl" and t.config.data.fold == 1 and t.config.train.seed == 1
     assert len({x.key for x in spec.trials}) == len(spec.trials)
+
+
+def test_a_grid_over_a_field_no_term_reads_is_refused(tmp_path):
+    """The undistilled student has no temperature: a T grid over it would train one config twice."""
+    d = {"name": "t", "base": TINY_BASE, "grid": {"distill.kd.T": [1.0, 4.0]}}
+    with pytest.raises(ConfigError, match="same config .* no term reads"):
+        load_study(write(tmp_path, d))
 
 
 def test_keys_stable_under_key_order(tmp_path):
@@ -63,12 +71,40 @@ def test_scales_select_knobs(tmp_path):
     ({"grid": {"train.lr_schedule": ["step"]}}, "allowed values: 'constant', 'cosine'"),
     ({"seeds": []}, "`seeds` must be a non-empty list"),
     ({"variants": [{"name": "a"}, {"name": "a"}]}, "variant names must be unique"),
+    ({"seeds": [-1]}, "`seeds` must be non-negative"),
+    ({"variants": [{"name": "a", "set": ["train.epochs", 2]}]}, "`variants[0].set` must map dotted keys"),
+    ({"name": "teachers"}, "the platform's own MLflow experiment"),
+    ({"name": "headline"}, "it would train into that study's experiment"),
 ])
 def test_validation_errors_name_file_and_key(tmp_path, patch, message):
     path = write(tmp_path, {"name": "t", "base": TINY_BASE, **patch})
     with pytest.raises(ConfigError) as e:
         load_study(path)
     assert str(path) in str(e.value) and message in str(e.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: t\ntrain: {epochs: 1}\ntrain: {epochs: 2}\n", "duplicate key 'train'"),
+    ("name: t\nbase: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+])
+def test_unreadable_study_files_end_in_one_line(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_study(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_more_workers_than_trials_left_start_none_and_finish_the_parent(tmp_path, tracking_store, synthetic,
+                                                                        monkeypatch):
+    """--workers is capped at the trials left and the cores: a finished study starts no worker."""
+    from ablation.study import runner
+    spec = load_study(write(tmp_path, {"name": "capped", "base": TINY_BASE}))
+    storage = f"journal:{tmp_path / 'journal.log'}"
+    runner.run_study(spec, beats=synthetic, progress=False, storage_url=storage)
+    monkeypatch.setattr(runner, "spawn_workers", lambda *a, **k: pytest.fail("a worker was started"))
+    runner.run_study(spec, workers=1_000_000, beats=synthetic, progress=False, storage_url=storage)
+    assert MlflowClient().get_run(runner.parent_run(spec)).info.status == "FINISHED"
 
 
 def test_unknown_study_lists_the_known_ones():
@@ -214,7 +250,8 @@ def test_two_local_workers_share_the_queue(tmp_path, mitdb):
 def test_two_workers_train_a_studys_missing_teachers_at_once(tmp_path, mitdb):
     """A study over two folds with --workers 2: both folds' teachers train concurrently (in their
     own processes) before the trials, each once, and the trials find them."""
-    d = {"name": "teachers2", "base": {**TINY_BASE, "data": {"train_subset": 512, "val_subset": 300}},
+    d = {"name": "teachers2", "base": {**TINY_BASE, "data": {"train_subset": 512, "val_subset": 300},
+                                       "distill": {**TINY_BASE["distill"], "kd": {"kind": "recon"}}},
          "folds": [0, 1]}
     path = write(tmp_path, d)
     runs = fresh_runs(tmp_path)
@@ -236,14 +273,14 @@ def test_two_workers_train_a_studys_missing_teachers_at_once(tmp_path, mitdb):
 def test_missing_teachers_train_at_most_workers_at_once_on_the_cores_there_are(
         tracking_store, synthetic, monkeypatch, workers, folds, threads):
     """Teachers a study lacks train in their own processes before its trials: up to `workers` at
-    once, the cores split among those that run, so a lone teacher gets all of them."""
+    once, the cores split among those that run (a run trains on its own `train.threads`)."""
     from ablation.study import runner
     from support.tiny import tiny
     started = []
     monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: set(range(4)))
     monkeypatch.setattr(runner, "_run_at_most", lambda cmds, slots: started.append((cmds, slots)))
     monkeypatch.setattr(runner.tracking, "find_finished", lambda *a: None)  # earlier tests' teachers count as missing
-    configs = [tiny("student", data={"fold": f}) for f in folds]
+    configs = [tiny("student", data={"fold": f}, distill={"kd": {"kind": "recon"}}) for f in folds]
     runner.ensure_teachers(configs, synthetic, device=None, progress=False, workers=workers)
     [(cmds, slots)] = started
     assert len(cmds) == len(folds) and slots == workers
