@@ -87,9 +87,10 @@ def _delta_cell(row: pd.Series, m: str, baseline: str) -> str:
     if _isnan(p):
         ptext = _na(f"p n/a: {pairs} pair{'s' if pairs != 1 else ''} (needs >= {MIN_PAIRS})")
     else:
-        holm = row.get(f"{m}_p_holm", math.nan)
-        sig = not _isnan(holm) and holm < ALPHA
-        ptext = f'<span class="{"sig" if sig else ""}">p = {p:.3g}, Holm {holm:.3g}</span>'
+        holm, blocked = row.get(f"{m}_p_holm", math.nan), row.get(f"{m}_p_blocked_holm", math.nan)
+        sig = bool(row.get(f"{m}_resolved", False))
+        blocked_text = "" if _isnan(blocked) else f", blocked Holm {blocked:.3g}"
+        ptext = f'<span class="{"sig" if sig else ""}">p = {p:.3g}, Holm {holm:.3g}{blocked_text}</span>'
     return f'<span class="num">{delta:+.4f}</span>{ci}<br>{ptext}'
 
 
@@ -113,7 +114,8 @@ def summary_table(data: ReportData) -> str:
                                   for m in METRICS]
     head += ["parameters<br><small>G + D</small>", "compression<br><small>teacher / student</small>",
              "matched pairs<br><small>(fold, seed)</small>"]
-    head += [f"&Delta; {METRIC_LABELS[m]}<br><small>vs baseline [{CONFIDENCE:.0%} CI], Wilcoxon p, Holm p</small>"
+    head += [f"&Delta; {METRIC_LABELS[m]}<br><small>vs baseline [{CONFIDENCE:.0%} CI], Wilcoxon p, Holm p, "
+             f"fold-blocked Holm p</small>"
              for m in METRICS]
     head += ["gap closed<br><small>(variant &minus; baseline) / (teacher &minus; baseline), test AUC</small>"]
     rows = []
@@ -150,7 +152,9 @@ def render(data: ReportData, csv_name: str | None = None) -> str:
              f"matched on (fold, seed); p: two-sided Wilcoxon signed-rank test (scipy). With n pairs the smallest "
              f"possible p is 2/2<sup>n</sup>, so at least {MIN_PAIRS} pairs are needed to reach p &lt; {ALPHA} "
              f"(5 pairs: 0.0625); with fewer the page says n/a. Holm p: adjusted for the number of variants "
-             f"compared with the baseline (a difference is resolved where it is below {ALPHA}). Standard deviation "
+             f"compared with the baseline. Blocked: the differences averaged per fold (the folds share their "
+             f"abnormal test beats), then a one-sample t-test over the fold means (from 3 folds), Holm-adjusted; "
+             f"a difference is resolved (bold) where both Holm p are below {ALPHA}. Standard deviation "
              f"and the {CONFIDENCE:.0%} confidence intervals (t-distribution) need at least 2 runs. Gap closed: "
              "the paired mean difference over the teacher's lead on the same pairs. Detectable &Delta;: the "
              "smallest test-AUC difference a paired t-test at alpha / comparisons would find with power 0.8, "
