@@ -266,8 +266,12 @@ def cmd_fingerprint(args) -> None:
     print(f"fingerprint {row['fingerprint']}")
     print(f"validation AUC {row['val_auc']:.6f}; {row['cpu_model']} ({row['isa_flags']}), {row['mode']}, "
           f"torch {row['torch']}, oneDNN {row['onednn']}, {row['threads']} thread")
-    print(f"matches {len(seen)} machine(s) of {fingerprint.TABLE.name}: {', '.join(seen)}" if seen else
-          f"not in {fingerprint.TABLE.name} ({len(table)} machines): this machine computes other bits")
+    if seen:
+        print(f"matches {len(seen)} machine(s) of {fingerprint.TABLE.name}: {', '.join(seen)}")
+    elif len(table):
+        print(f"not in {fingerprint.TABLE.name} ({len(table)} machines): this machine computes other bits")
+    else:
+        print(f"{fingerprint.TABLE.name} has no machine yet")
     if args.record:
         fingerprint.record(row)
         print(f"recorded this machine in {fingerprint.TABLE}")
