@@ -54,8 +54,7 @@ def known() -> pd.DataFrame:
 
 def record(row: dict) -> None:
     """Add this machine's row (one per CPU model, ISA flags and numeric path: a rerun replaces it)."""
-    table = known()
-    same = (table.get("cpu_model") == row["cpu_model"]) & (table.get("isa_flags") == row["isa_flags"]) \
-        & (table.get("mode") == row["mode"]) if len(table) else pd.Series(dtype=bool)
-    table = pd.concat([table[~same] if len(table) else table, pd.DataFrame([row]).astype(str)], ignore_index=True)
-    replace_csv(TABLE, table)
+    table, machine = known(), ("cpu_model", "isa_flags", "mode")
+    if len(table):
+        table = table[~(table[list(machine)] == [row[k] for k in machine]).all(axis=1)]
+    replace_csv(TABLE, pd.concat([table, pd.DataFrame([row]).astype(str)], ignore_index=True))

@@ -378,8 +378,8 @@ def summarize(runs: pd.DataFrame, baseline: str | None = None, metrics: Sequence
         for col in (f"{m}_p", f"{m}_p_blocked"):
             for r, q in zip(rows, holm([r[col] for r in rows])):
                 r[f"{col}_holm"] = q
-            for r in rows:  # resolved: the pairs' Wilcoxon and the fold-blocked t-test agree after Holm
-                r[f"{m}_resolved"] = bool(r[f"{m}_p_holm"] < ALPHA and r.get(f"{m}_p_blocked_holm", 1.0) < ALPHA)
+        for r in rows:  # resolved: the pairs' Wilcoxon and the fold-blocked t-test agree after Holm
+            r[f"{m}_resolved"] = bool(r[f"{m}_p_holm"] < ALPHA and r[f"{m}_p_blocked_holm"] < ALPHA)
     table = pd.DataFrame(rows)
     table.attrs["baseline"] = base
     return table
