@@ -22,6 +22,11 @@ Rows (section, item):
   against a dense float32 matmul measured in the same run.
 - data: seconds per epoch of the data path alone (ours: permutation + indexing of the resident
   tensor, as the loop does; reference: iterating the DataLoader).
+- numerics (CPU only): what the pinned numeric path (`ablation.numerics`: oneDNN, ATen and MKL capped
+  at AVX2) costs against the kernels the CPU would pick itself (``ABLATION_NUMERICS=native``). The
+  kernels are chosen once per process, so each side runs in a child process of its own (the same
+  teacher weights and beats); rounds alternate which side runs first, the ratio is the median of
+  the rounds' pinned / native epoch times. On an AVX2-only CPU both sides run the same kernels.
 """
 from __future__ import annotations
 
@@ -30,9 +35,11 @@ import contextlib
 import copy
 import dataclasses
 import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -387,6 +394,50 @@ def tracking_overhead(plan: Plan, data: DataBundle, device: torch.device, tracki
 # ----------------------------------------------------------------------------------------------
 # The table
 # ----------------------------------------------------------------------------------------------
+def _numerics_child(plan: Plan, native: bool) -> dict:
+    """Run `child_epochs` in a fresh process on the pinned or the native path; its epoch times."""
+    env = {**os.environ, "ABLATION_NUMERICS": "native" if native else "pinned"}
+    for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_CBWR"):
+        env.pop(k, None)  # the child's own path decides: pinned sets them, native leaves them free
+    args = [sys.executable, str(Path(__file__).resolve()), "--numerics-child",
+            json.dumps(dataclasses.asdict(plan)), "--threads", str(torch.get_num_threads())]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def child_epochs(plan: Plan) -> dict:
+    """In the child: one warm-up and `option_epochs` timed teacher epochs from the same weights."""
+    from ablation import numerics
+    data = synthetic_bundle(plan.batches * BATCH, plan.eval_beats)
+    case = make_cases(plan, "cpu")[0]
+    case.ours(data, torch.device("cpu"))
+    seconds = [case.ours(data, torch.device("cpu"))[0] for _ in range(max(plan.option_epochs, 1))]
+    return {"seconds": seconds, "mode": numerics.mode(), "aten": torch.backends.cpu.get_cpu_capability(),
+            "onednn_cap": os.environ.get("ONEDNN_MAX_CPU_ISA", "free")}
+
+
+def numerics_row(plan: Plan) -> dict:
+    """The pinned path's teacher-step rate against the native one's, paired by round."""
+    ratios, pinned_s, native_s, seen = [], [], [], {}
+    for r in range(max(plan.option_rounds, 1)):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        times = {}
+        for native in order:
+            got = _numerics_child(plan, native)
+            times[native], seen[native] = _median(got["seconds"]), got
+        pinned_s.append(times[False])
+        native_s.append(times[True])
+        ratios.append(times[False] / times[True])
+    n_beats = plan.batches * BATCH
+    ratio = _median(ratios)
+    kernels = lambda g: f"{g['mode']}: ATen {g['aten']}, oneDNN cap {g['onednn_cap']}"  # noqa: E731
+    return _row("numerics", f"teacher step (ndf {plan.teacher_ndf}), pinned path vs native kernels",
+                n_beats / _median(pinned_s), n_beats / _median(native_s), "beats/s", 1 / ratio,
+                f"pinned takes {ratio:.2f}x the native time",
+                note=f"median of {len(ratios)} rounds of {max(plan.option_epochs, 1)} epochs per side, "
+                     f"each side in its own process; {kernels(seen[False])}; {kernels(seen[True])}")
+
+
 def _row(section, item, ours, reference=np.nan, unit="", ratio=np.nan, result="", target="", met="", note=""):
     return dict(zip(COLUMNS, (section, item, ours, reference, unit, ratio, result, target, met, note)))
 
@@ -496,6 +547,11 @@ def run_bench(device: str = "cpu", seconds_per_item: float | None = None, quick:
                      d_ours / d_ref, f"{d_ours / epoch['ours_s']:.2%} of our teacher epoch "
                      f"(reference {d_ref / epoch['ref_s']:.2%} of its)",
                      note=f"{plan.batches} batches of {BATCH}, median of {plan.data_repeats} epochs; ratio < 1: ours faster"))
+
+    # -- numerics: the pinned path against the CPU's own kernels ------------------------------------
+    if dev.type == "cpu":
+        say("numerics: teacher step, pinned AVX2 path vs native kernels (child processes)")
+        rows.append(numerics_row(plan))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -550,9 +606,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: usable cores)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: every row, numbers not meaningful")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    p.add_argument("--numerics-child", default=None, help=argparse.SUPPRESS)  # a plan, as JSON: see numerics_row
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                            else os.cpu_count()))
+    if args.numerics_child:
+        print(json.dumps(child_epochs(Plan(**json.loads(args.numerics_child)))))
+        return 0
     header_before = machine_header(args.device)
     t0 = time.perf_counter()
     df = run_bench(args.device, args.seconds_per_item, args.quick,

@@ -132,7 +132,11 @@ def test_run_bench_quick_has_every_row(tracking_store):
     df = run_bench(quick=True, tracking_uri=tracking_store)
     assert list(df.columns) == COLUMNS
     sections = df.groupby("section", sort=False).size().to_dict()
-    assert sections == {"training": 3, "options": 2, "tracking": 3, "inference": 4, "utilisation": 4, "data": 1}
+    assert sections == {"training": 3, "options": 2, "tracking": 3, "inference": 4, "utilisation": 4, "data": 1,
+                        "numerics": 1}
+    numerics = df[df.section == "numerics"].iloc[0]
+    assert "avx2-r1: ATen AVX2, oneDNN cap AVX2" in numerics.note  # the pinned child ran pinned,
+    assert "native: ATen" in numerics.note and "oneDNN cap free" in numerics.note  # the native one free
     training = df[df.section == "training"]
     assert training.item.str.contains("teacher").any() and training.item.str.contains("distillation").any()
     assert np.isfinite(training[["ours", "reference", "ratio"]].to_numpy(float)).all()
