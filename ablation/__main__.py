@@ -262,14 +262,16 @@ def cmd_fingerprint(args) -> None:
     from ablation import fingerprint
     row = fingerprint.measure(args.mitdb)
     table = fingerprint.known()
-    seen = table.loc[table["fingerprint"] == row["fingerprint"], "cpu_model"].tolist()
+    same = table[table["fingerprint"] == row["fingerprint"]]
+    seen = [f"{r.cpu_model} ({r.isa_flags}; {r.mode})" for r in same.itertuples()]
     print(f"fingerprint {row['fingerprint']}")
     print(f"validation AUC {row['val_auc']:.6f}; {row['cpu_model']} ({row['isa_flags']}), {row['mode']}, "
           f"torch {row['torch']}, oneDNN {row['onednn']}, {row['threads']} thread")
     if seen:
-        print(f"matches {len(seen)} machine(s) of {fingerprint.TABLE.name}: {', '.join(seen)}")
+        print(f"matches {len(seen)} machine(s) of {fingerprint.TABLE.name}: {'; '.join(seen)}")
     elif len(table):
-        print(f"not in {fingerprint.TABLE.name} ({len(table)} machines): this machine computes other bits")
+        print(f"not in {fingerprint.TABLE.name} ({len(table)} rows): this machine computes other bits on the "
+              f"{row['mode']} path")
     else:
         print(f"{fingerprint.TABLE.name} has no machine yet")
     if args.record:

@@ -57,3 +57,19 @@ def test_isa_flags_keep_those_that_choose_kernels(monkeypatch, flags, expected):
     from ablation import numerics
     monkeypatch.setattr(numerics, "_cpuinfo", lambda: f"model name\t: Some CPU\nflags\t\t: {flags}\n")
     assert numerics.isa_flags() == expected and numerics.cpu_model() == "Some CPU"
+
+
+def test_fingerprint_names_the_machines_whose_hash_it_matches(tmp_path, monkeypatch, capsys):
+    """`fingerprint` compares this machine's hash with the table's rows (no training: the row is given)."""
+    from ablation import __main__ as cli
+    from ablation import fingerprint
+    monkeypatch.setattr(fingerprint, "TABLE", tmp_path / "fingerprints.csv")
+    row = {"fingerprint": "ab" * 32, "cpu_model": "CPU X", "val_auc": 0.75, "mode": "avx2-r1",
+           "isa_flags": "avx2 fma avx512f", "torch": "2", "onednn": "3", "threads": "1"}
+    fingerprint.record({**row, "isa_flags": "avx2 fma"})
+    monkeypatch.setattr(fingerprint, "measure", lambda mitdb=None: dict(row))
+    assert cli.main(["fingerprint", "--record"]) == 0
+    assert "matches 1 machine(s) of fingerprints.csv: CPU X (avx2 fma; avx2-r1)" in capsys.readouterr().out
+    monkeypatch.setattr(fingerprint, "measure", lambda mitdb=None: {**row, "fingerprint": "cd" * 32, "mode": "native"})
+    assert cli.main(["fingerprint"]) == 0
+    assert "not in fingerprints.csv (2 rows): this machine computes other bits on the native path" in capsys.readouterr().out
