@@ -88,7 +88,8 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
             "git_commit": tracking.git_commit(), **numerics.record(cfg.train.threads), **(extra_tags or {})}
     teacher_id, teacher = None, None
     if cfg.reads_teacher():  # the undistilled baseline needs none
-        members = [ensure_teacher(t, data, device, progress) for t in cfg.teacher_configs()]
+        members = [ensure_teacher(t, data if t.data == cfg.data else data.for_config(t.data), device, progress)
+                   for t in cfg.teacher_configs()]  # a teacher trains on its own split, not the student's
         teacher_id, teacher = members[0][0], ensemble([m for _, m in members])
         if len(members) > 1:
             tags["teacher_run_ids"] = ",".join(i for i, _ in members)  # teacher_run_id: the first member

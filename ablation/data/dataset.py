@@ -1,7 +1,7 @@
 """The tensors a run trains and evaluates on: beats of a split, moved to the device once."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,6 +27,14 @@ class DataBundle:
     test: EvalSet | None  # None for tuning trials: no test beat may reach a search
     fingerprint: str
     sizes: dict
+    beats: Beats | None = field(default=None, repr=False, compare=False)  # the beats it was cut from
+
+    def for_config(self, cfg: DataConfig) -> "DataBundle":
+        """The bundle of another run's data config cut from the same beats (a teacher's full
+        validation set and its own training subset, say): itself where `cfg` selects the same split."""
+        if self.beats is None:
+            raise ValueError("this DataBundle does not hold the beats it was cut from; build it with load_data")
+        return bundle(self.beats, make_split(self.beats, cfg), cfg.nc, self.test is not None)
 
 
 def bundle(beats: Beats, split: Split, nc: int, with_test: bool = True) -> DataBundle:
@@ -38,7 +46,7 @@ def bundle(beats: Beats, split: Split, nc: int, with_test: bool = True) -> DataB
         return EvalSet(take(idx), (cls != CLASSES.index("N")).astype(np.int64), cls)
 
     return DataBundle(take(split.train), evalset(split.val), evalset(split.test) if with_test else None,
-                      beats.fingerprint, split.sizes(beats))
+                      beats.fingerprint, split.sizes(beats), beats)
 
 
 def load_data(cfg: DataConfig, mitdb: str | None = None, beats: Beats | None = None,

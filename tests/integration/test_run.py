@@ -312,3 +312,17 @@ def test_a_run_records_its_numeric_path_and_weights_hash(teacher_run):
     assert tags["numerics.onednn_max_cpu_isa"] == "AVX2" and tags["numerics.aten_capability"] == "AVX2"
     assert tags["numerics.cpu_model"] and tags["numerics.torch"] == torch.__version__
     assert tags["weights_sha256"] == numerics.weights_hash(out.result.state)
+
+
+def test_a_teacher_trained_for_a_student_trains_on_its_own_split(tracking_store, synthetic):
+    """A teacher key names the teacher's split (its training subset, the full validation set), not
+    the student's: the teacher a student's run trains first has the weights of the same teacher
+    trained on its own config in another store (before the fix it trained on the student's subsets)."""
+    student = from_dict(RunConfig, tiny_dict("student", data={"val_subset": 64},
+                                             distill={"kd": {"kind": "recon"}, "teacher_train_subset": 128}))
+    first = execute(student, beats=synthetic, experiment="own_split", progress=False)
+    teacher_id = tracking.get_run(first.run_id).data.tags["teacher_run_id"]
+    with tracking.scratch_store():
+        alone = execute(student.teacher_config(), beats=synthetic, progress=False)
+        alone_hash = tracking.get_run(alone.run_id).data.tags["weights_sha256"]
+    assert tracking.get_run(teacher_id).data.tags["weights_sha256"] == alone_hash
