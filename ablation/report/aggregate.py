@@ -634,6 +634,9 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     parents = tracking.search(study, "tags.study_parent != ''")
     parents = [p for p in parents if p.data.tags.get("scale") in (scale, None)] or parents
     description = parents[0].data.tags.get("mlflow.note.content", "") if parents else ""
+    from ablation.study.reproduce import noise_floor
+    if (floor := noise_floor(study)) is not None:
+        notes.append(floor)
     data = ReportData(study=study, runs=runs, summary=summary, baseline=base,
                       header=header_info(runs, scale, description, teachers, uri,
                                          tracking.ui_link(study) if exp is not None else None),

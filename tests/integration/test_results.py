@@ -150,6 +150,24 @@ def test_reproduce_retrains_committed_trials_in_a_scratch_store(tmp_path, tracki
     assert "DIFFERENT" in capsys.readouterr().out
 
 
+def test_reproduce_keeps_each_check_and_the_report_states_the_noise_floor(tmp_path, tracking_store, synthetic):
+    """Each reproduction check lands in results/reproductions.csv (one row per trial key and machine:
+    a rerun here replaces it), and the study's report page states the floor they measure."""
+    from ablation.report.aggregate import collect
+    from ablation.study.reproduce import reproduce
+    from ablation.study.spec import select_part
+    spec = run_tiny_study(tmp_path, name="noise_tiny", seeds=(0,))
+    part = select_part(spec, variants=["student_alone"])
+    reproduce(part, beats=synthetic, device="cpu", progress=False)
+    reproduce(part, beats=synthetic, device="cpu", progress=False)
+    table = pd.read_csv(results.RESULTS / "reproductions.csv")
+    mine = table[table["study"] == "noise_tiny"]
+    assert len(mine) == 1 and bool(mine["identical"].iloc[0])
+    assert mine["trial_key"].iloc[0] == part.trials[0].key and mine["mode"].iloc[0] == "avx2-r1"
+    notes = " ".join(collect("noise_tiny").notes)
+    assert "Run-to-run noise floor: 1 of 1 committed trials retrained by `reproduce` gave identical weights" in notes
+
+
 def test_teachers_exported_side_by_side_both_keep_their_rows(tracking_store):
     """`make teachers` exports two folds' teachers at once: each row is written under the table's lock,
     so neither read-modify-write drops the other's row."""
