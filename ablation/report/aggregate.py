@@ -73,7 +73,7 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
     """MLflow runs (``mlflow.entities.Run``) -> one row each.
 
     Columns: run_id, status, start_time, end_time (ms), trial_key, variant (the trial name),
-    base_variant (``axis.variant``), fold, seed, ``axis.<name>`` for every axis tag, every metric,
+    base_variant (``axis.variant``), fold, seed, stage (a staged study's), ``axis.<name>`` for every axis tag, every metric,
     n_params (the student's, else params_G + params_D), teacher_params, compression_ratio,
     teacher_run_id (an ensemble's first member), teacher_run_ids (an ensemble's members, comma-separated;
     None for a single teacher), git_commit, scale, role, data_fingerprint and ``param.<key>`` for every param.
@@ -91,6 +91,8 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
         row["variant"] = tags.get("trial_name") or "/".join(
             [row["base_variant"]] + [f"{k}={v}" for k, v in axes.items() if k not in ("variant", *PAIR_KEYS)])
         row.update({f"axis.{k}": v for k, v in axes.items()})
+        if "stage" in tags:  # a staged study's trial: screen or confirm
+            row["stage"] = tags["stage"]
         row.update(metrics)
         for t in TAG_NUMBERS:
             row[t] = _number(tags.get(t))
