@@ -442,6 +442,7 @@ class ReportData:
     teachers: pd.DataFrame = field(default_factory=lambda: empty_teachers())  # see fetch_teachers
     notes: list[str] = field(default_factory=list)
     optuna_study: Any = None
+    screen: pd.DataFrame = field(default_factory=pd.DataFrame)  # a staged study's screening runs
 
 
 def _summ(values: Iterable[Any], fmt=str) -> str:
@@ -592,6 +593,23 @@ def _with_committed(raw: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([raw, extra], ignore_index=True) if len(raw) else extra.reset_index(drop=True)
 
 
+def split_stages(runs: pd.DataFrame, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A staged study's runs as (the table's, the screen's): the confirmation is what the table
+    tests against the baseline (Holm over its variants), the screen draws the position map; before
+    the confirmation has runs both are the screen's. Other studies: (runs, an empty frame)."""
+    if "stage" not in runs or runs["stage"].isna().all():
+        return runs, runs.iloc[0:0]
+    screen = runs[runs["stage"] == "screen"].reset_index(drop=True)
+    confirm = runs[runs["stage"] == "confirm"].reset_index(drop=True)
+    if confirm.empty:
+        notes.append(f"staged study: the confirmation has no runs yet; the table is the screen's ({len(screen)} runs)")
+        return screen, screen
+    notes.append(f"staged study: the table is the confirmation's {len(confirm)} runs of {confirm['variant'].nunique()} "
+                 f"variants (Holm over them); the screen's {len(screen)} runs draw the position map and the "
+                 f"pre/post test")
+    return confirm, screen
+
+
 def collect(study: str, baseline: str | None = None, scale: str | None = None,
             optuna_study: Any = None) -> ReportData:
     """Read study `study` from the current MLflow tracking store, and from its committed results table
@@ -631,6 +649,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     tracked = runs[runs["source"] == "mlflow"]
     teachers = fetch_teachers(tracked)
     runs = pd.concat([attach_teachers(tracked, teachers), runs[runs["source"] != "mlflow"]], ignore_index=True)
+    runs, screen = split_stages(runs, notes)
     summary = summarize(runs, baseline)
     base = summary.attrs["baseline"]
     parents = tracking.search(study, "tags.study_parent != ''")
@@ -639,7 +658,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     data = ReportData(study=study, runs=runs, summary=summary, baseline=base,
                       header=header_info(runs, scale, description, teachers, uri,
                                          tracking.ui_link(study) if exp is not None else None),
-                      history=fetch_history(tracked), teachers=teachers, notes=notes,
-                      optuna_study=optuna_study)
+                      history=fetch_history(tracked[tracked["run_id"].isin(set(runs["run_id"]))]),
+                      teachers=teachers, notes=notes, optuna_study=optuna_study, screen=screen)
     data.curves = fetch_curves(runs, summary, base, teachers, notes)
     return data
