@@ -311,10 +311,10 @@ def cmd_reproduce(args) -> None:
     """Retrain a study's committed trials (results/STUDY.csv) in a scratch store and say, per trial,
     whether the new run is identical to the committed one."""
     from ablation.study.reproduce import reproduce
-    from ablation.study.spec import load_study, select_part
+    from ablation.study.spec import both_stages, load_study, select_part
     from ablation import tracking
     tracking.setup(args.tracking_uri)
-    spec = select_part(load_study(args.name, args.scale), args.folds, args.variants)
+    spec = select_part(both_stages(load_study(args.name, args.scale)), args.folds, args.variants)
     table = reproduce(spec, args.mitdb, args.device)
     print(table.to_string(index=False, float_format="%.6f"))
     print(f"reproduced {int(table['identical'].sum())} of {len(table)} trials identically")

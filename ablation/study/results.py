@@ -4,9 +4,9 @@ MLflow's store (``runs/``) lives on one machine; this table is what outlives it.
 it after every finished trial (MLflow's finished runs merged with the rows already in the file, so
 rows trained on another machine are kept); a trial whose key has a row counts as finished, so a
 study resumed on a fresh machine does not train it again; and `make report` reads it where MLflow
-has no runs. Columns: the trial's identity (with its `stage` in a staged study) and axes, its teacher (run id and test metrics), sizes,
-validation and test metrics, when and where it ran, on which numeric path, and the SHA-256 of
-its weights (`IDENTITY`, `METRIC_COLUMNS`, `CONTEXT`). A
+has no runs. Columns: the trial's identity (its `stage` in a staged study) and axes, its teacher
+(run id and test metrics), sizes, validation and test metrics, when and where it ran, on which
+numeric path, and the SHA-256 of its weights (`IDENTITY`, `METRIC_COLUMNS`, `CONTEXT`). A
 student of an ensemble names all its teachers in ``teacher_run_ids``; ``teacher_run_id`` and the
 teacher metrics are its first member's.
 """

@@ -98,6 +98,12 @@ def select_part(spec: StudySpec, folds: list[int] | None = None, variants: list[
                                variants_only=tuple(n for n in dict.fromkeys(variants)) if variants is not None else None)
 
 
+def both_stages(spec: StudySpec) -> StudySpec:
+    """A staged study's screen and every confirmation candidate as one list of trials (what
+    `reproduce` finds in the committed table); a study without stages as it is."""
+    return dataclasses.replace(spec, trials=spec.trials + spec.candidates, candidates=[], stage="")
+
+
 RESERVED = {"teachers", "students"}  # MLflow experiments the platform itself writes
 MAX_TRIALS = 10_000  # above this a study must be confirmed (`--yes`): its trials are expanded one by one
 

@@ -86,6 +86,12 @@ def test_the_confirmation_cannot_start_before_the_screen_is_complete(tmp_path, c
     assert main(["study", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "10 trials; stage=screen" in out and "the rule" in out and "at most 3 variants x 1" in out
+    assert main(["study", str(path), "--stage", "confirm"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (  # MLflow's own log lines come before it
+        "error: study staged_dry: the confirmation stage cannot start before the screen is complete (0 of 10 "
+        "screening trials finished)")
+    assert main(["study", str(write(tmp_path, {"name": "flat", "base": BASE}, "flat.yaml")), "--stage", "screen"]) == 2
+    assert "the study declares no `stages`" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("patch,message", [
@@ -129,7 +135,9 @@ def test_a_staged_study_runs_its_screen_then_the_picked_confirmation(tmp_path, t
     """Synthetic beats, tiny nets: the screen's 10 trials, then the rule's variants on the new pair,
     each trial tagged and committed with its stage; a rerun trains nothing."""
     from ablation.study import results
+    from ablation.study.reproduce import committed_trials
     from ablation.study.runner import parent_run, run_study
+    from ablation.study.spec import both_stages
     spec = load_study(write(tmp_path, STAGED))
     storage = f"journal:{tmp_path / 'journal.log'}"
     table = run_study(spec, beats=synthetic, progress=False, storage_url=storage)
@@ -142,6 +150,7 @@ def test_a_staged_study_runs_its_screen_then_the_picked_confirmation(tmp_path, t
     assert all(by_key[t.key] == "screen" for t in spec.trials)
     assert all(by_key[t.key] == "confirm" for t in expected.trials) and len(committed) == 13
     assert MlflowClient().get_run(parent_run(spec)).info.status == "FINISHED"
+    assert len(committed_trials(both_stages(spec))) == 13  # `reproduce` finds both stages' rows
     runs_before = len(MlflowClient().search_runs([MlflowClient().get_experiment_by_name("staged").experiment_id]))
     run_study(spec, beats=synthetic, progress=False, storage_url=storage)
     assert len(MlflowClient().search_runs([MlflowClient().get_experiment_by_name("staged").experiment_id])) == runs_before
