@@ -135,6 +135,8 @@ def test_a_staged_study_runs_its_screen_then_the_picked_confirmation(tmp_path, t
     """Synthetic beats, tiny nets: the screen's 10 trials, then the rule's variants on the new pair,
     each trial tagged and committed with its stage; a rerun trains nothing."""
     from ablation.study import results
+    from ablation.report import aggregate as agg
+    from ablation.report.page import build_report
     from ablation.study.reproduce import committed_trials
     from ablation.study.runner import parent_run, run_study
     from ablation.study.spec import both_stages
@@ -151,6 +153,9 @@ def test_a_staged_study_runs_its_screen_then_the_picked_confirmation(tmp_path, t
     assert all(by_key[t.key] == "confirm" for t in expected.trials) and len(committed) == 13
     assert MlflowClient().get_run(parent_run(spec)).info.status == "FINISHED"
     assert len(committed_trials(both_stages(spec))) == 13  # `reproduce` finds both stages' rows
+    report = agg.collect("staged")  # from MLflow: the confirmation's table, the screen's map
+    assert len(report.runs) == 3 and len(report.screen) == 10 and report.summary["n_pairs"].dropna().eq(1).all()
+    assert 'data-figure="fig-positions"' in build_report("staged", tmp_path / "report").read_text()
     runs_before = len(MlflowClient().search_runs([MlflowClient().get_experiment_by_name("staged").experiment_id]))
     run_study(spec, beats=synthetic, progress=False, storage_url=storage)
     assert len(MlflowClient().search_runs([MlflowClient().get_experiment_by_name("staged").experiment_id])) == runs_before
