@@ -196,3 +196,25 @@ def test_a_staged_study_resumes_after_sigkill_in_either_stage(tmp_path, mitdb, k
     after = _finished(runs, d["name"])
     assert set(after) == keys and all(len(v) == 1 for v in after.values())
     assert all(after[k] == v for k, v in before.items())  # no finished trial was redone
+
+
+def test_two_workers_run_both_stages(tmp_path, mitdb):
+    """--workers 2: worker processes (`worker --stage screen|confirm`) share each stage's queue; the
+    confirmation's workers pick the same variants from the committed table as the coordinator."""
+    from test_study import _finished, _study_cmd
+    d = {**STAGED, "name": "staged_workers",
+         "base": {**BASE, "data": {"train_subset": 512, "val_subset": 300}},
+         "stages": {"screen": {"folds": [0], "seeds": [0]}, "confirm": {"folds": [0], "seeds": [1],
+                                                                        "rule": {"best": 1}}}}
+    path = write(tmp_path, d)
+    runs = fresh_runs(tmp_path)
+    cmd, env = _study_cmd(path, runs, mitdb, "--workers", "2")
+    env["ABLATION_RESULTS"] = str(tmp_path / "results")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    spec = load_study(path)
+    confirm = confirmation(spec, pd.read_csv(tmp_path / "results" / "staged_workers.csv"))
+    after = _finished(runs, "staged_workers")
+    assert set(after) == {t.key for t in spec.trials + confirm.trials} and all(len(v) == 1 for v in after.values())
+    assert "stage=confirm" in out.stdout and len({line.split("(pid ")[1] for line in out.stdout.splitlines()
+                                                  if "start (pid" in line}) >= 2
