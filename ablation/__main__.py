@@ -132,33 +132,63 @@ def cmd_bn_check(args) -> None:
 def cmd_study(args) -> None:
     """Run a study from studies/NAME.yaml (skipping finished trials), or --dry-run to list its trials."""
     from ablation.study.spec import MAX_TRIALS, load_study, select_part
-    spec = select_part(load_study(args.name, args.scale, None if args.yes else MAX_TRIALS), args.folds, args.variants)
+    spec = load_study(args.name, args.scale, None if args.yes else MAX_TRIALS)
+    _check_stage(spec, args.stage)
     if args.dry_run:
-        _print_trials(spec)
+        _dry_run(spec, args)
         return
     from ablation import tracking
-    from ablation.study.runner import run_study
+    from ablation.study.runner import confirmation_stage, run_study
     _threads(args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, args.workers)))
     tracking.setup(args.tracking_uri)
-    run_study(spec, workers=args.workers, storage_url=args.storage, mitdb=args.mitdb, device=args.device)
+    spec = select_part(confirmation_stage(spec) if args.stage == "confirm" else spec, args.folds, args.variants)
+    run_study(spec, workers=args.workers, storage_url=args.storage, mitdb=args.mitdb, device=args.device,
+              then_confirm=args.stage is None)
+
+
+def _check_stage(spec, stage: str | None) -> None:
+    if stage and spec.stages is None:
+        raise ConfigError(f"{spec.path}: --stage {stage}: the study declares no `stages`")
+
+
+def _dry_run(spec, args) -> None:
+    """List the trials; for a staged study the screen's, and the confirmation's once the committed
+    table holds the whole screen (else what the rule will pick from)."""
+    from ablation.study import results
+    from ablation.study.spec import select_part
+    from ablation.study.stages import ScreenIncomplete, confirmation
+    if args.stage != "confirm":
+        _print_trials(select_part(spec, args.folds, args.variants))
+    if spec.stages is None or args.stage == "screen":
+        return
+    try:
+        _print_trials(select_part(confirmation(spec, results.load(spec.name)), args.folds, args.variants))
+    except ScreenIncomplete as e:
+        rule, pairs = spec.stages.confirm.rule, spec.stages.pairs("confirm")
+        most = min(len({t.name for t in spec.trials}), 1 + rule.best * (2 if rule.twin == "pre_post" else 1))
+        print(f"\n{e}; then the rule ({rule}) picks at most {most} variants x {len(pairs)} (fold, seed) pairs "
+              f"{pairs} = at most {most * len(pairs)} trials")
 
 
 def _print_trials(spec) -> None:
     import pandas as pd
-    rows = [{"#": t.index, "trial": t.name, **{k: v for k, v in t.axes.items() if k != "variant"}, "key": t.key}
-            for t in spec.trials]
-    print(pd.DataFrame(rows).to_string(index=False))
+    rows = pd.DataFrame([{"#": t.index, "trial": t.name, **{k: v for k, v in t.axes.items() if k != "variant"},
+                          **({"stage": t.stage} if t.stage else {}), "key": t.key} for t in spec.trials])
+    last = [c for c in ("stage", "key") if c in rows]
+    print(rows[[c for c in rows if c not in last] + last].to_string(index=False))
     print(f"\n{len(spec.trials)} trials; {spec.scale_summary}")
 
 
 def cmd_worker(args) -> None:
     """Join a running study as one more worker (on this or another machine, same stores)."""
     from ablation import tracking
-    from ablation.study.runner import parent_run, run_worker
+    from ablation.study.runner import confirmation_stage, parent_run, run_worker
     from ablation.study.spec import load_study, select_part
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
-    spec = select_part(load_study(args.name, args.scale), args.folds, args.variants)
+    spec = load_study(args.name, args.scale)
+    _check_stage(spec, args.stage)
+    spec = select_part(confirmation_stage(spec) if args.stage == "confirm" else spec, args.folds, args.variants)
     run_worker(spec, args.storage, args.parent_run_id or parent_run(spec), mitdb=args.mitdb, device=args.device)
 
 
@@ -283,10 +313,10 @@ def cmd_reproduce(args) -> None:
     """Retrain a study's committed trials (results/STUDY.csv) in a scratch store and say, per trial,
     whether the new run is identical to the committed one."""
     from ablation.study.reproduce import reproduce
-    from ablation.study.spec import load_study, select_part
+    from ablation.study.spec import both_stages, load_study, select_part
     from ablation import tracking
     tracking.setup(args.tracking_uri)
-    spec = select_part(load_study(args.name, args.scale), args.folds, args.variants)
+    spec = select_part(both_stages(load_study(args.name, args.scale)), args.folds, args.variants)
     table = reproduce(spec, args.mitdb, args.device)
     print(table.to_string(index=False, float_format="%.6f"))
     print(f"reproduced {int(table['identical'].sum())} of {len(table)} trials identically")
@@ -370,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--folds", type=int, nargs="+", help="run only these folds of the scale now (a long study "
                                                              "in parts: the others stay for a later run)")
         sp.add_argument("--variants", nargs="+", help="run only these variants now (with --folds: on those folds)")
+        sp.add_argument("--stage", choices=["screen", "confirm"],
+                        help="a staged study: run only this stage (default: the screen, then the confirmation "
+                             "once the screen is complete)")
         if name == "study":
             sp.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")
             sp.add_argument("--dry-run", action="store_true", help="print the expanded trials and their count")

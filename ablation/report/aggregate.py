@@ -73,7 +73,7 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
     """MLflow runs (``mlflow.entities.Run``) -> one row each.
 
     Columns: run_id, status, start_time, end_time (ms), trial_key, variant (the trial name),
-    base_variant (``axis.variant``), fold, seed, ``axis.<name>`` for every axis tag, every metric,
+    base_variant (``axis.variant``), fold, seed, stage (a staged study's), ``axis.<name>`` for every axis tag, every metric,
     n_params (the student's, else params_G + params_D), teacher_params, compression_ratio,
     teacher_run_id (an ensemble's first member), teacher_run_ids (an ensemble's members, comma-separated;
     None for a single teacher), git_commit, scale, role, data_fingerprint and ``param.<key>`` for every param.
@@ -91,6 +91,8 @@ def runs_frame(runs: Iterable[Any]) -> pd.DataFrame:
         row["variant"] = tags.get("trial_name") or "/".join(
             [row["base_variant"]] + [f"{k}={v}" for k, v in axes.items() if k not in ("variant", *PAIR_KEYS)])
         row.update({f"axis.{k}": v for k, v in axes.items()})
+        if "stage" in tags:  # a staged study's trial: screen or confirm
+            row["stage"] = tags["stage"]
         row.update(metrics)
         for t in TAG_NUMBERS:
             row[t] = _number(tags.get(t))
@@ -440,6 +442,7 @@ class ReportData:
     teachers: pd.DataFrame = field(default_factory=lambda: empty_teachers())  # see fetch_teachers
     notes: list[str] = field(default_factory=list)
     optuna_study: Any = None
+    screen: pd.DataFrame = field(default_factory=pd.DataFrame)  # a staged study's screening runs
 
 
 def _summ(values: Iterable[Any], fmt=str) -> str:
@@ -590,6 +593,23 @@ def _with_committed(raw: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([raw, extra], ignore_index=True) if len(raw) else extra.reset_index(drop=True)
 
 
+def split_stages(runs: pd.DataFrame, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A staged study's runs as (the table's, the screen's): the confirmation is what the table
+    tests against the baseline (Holm over its variants), the screen draws the position map; before
+    the confirmation has runs both are the screen's. Other studies: (runs, an empty frame)."""
+    if "stage" not in runs or runs["stage"].isna().all():
+        return runs, runs.iloc[0:0]
+    screen = runs[runs["stage"] == "screen"].reset_index(drop=True)
+    confirm = runs[runs["stage"] == "confirm"].reset_index(drop=True)
+    if confirm.empty:
+        notes.append(f"staged study: the confirmation has no runs yet; the table is the screen's ({len(screen)} runs)")
+        return screen, screen
+    notes.append(f"staged study: the table is the confirmation's {len(confirm)} runs of {confirm['variant'].nunique()} "
+                 f"variants (Holm over them); the screen's {len(screen)} runs draw the position map and the "
+                 f"pre/post test")
+    return confirm, screen
+
+
 def collect(study: str, baseline: str | None = None, scale: str | None = None,
             optuna_study: Any = None) -> ReportData:
     """Read study `study` from the current MLflow tracking store, and from its committed results table
@@ -629,6 +649,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     tracked = runs[runs["source"] == "mlflow"]
     teachers = fetch_teachers(tracked)
     runs = pd.concat([attach_teachers(tracked, teachers), runs[runs["source"] != "mlflow"]], ignore_index=True)
+    runs, screen = split_stages(runs, notes)
     summary = summarize(runs, baseline)
     base = summary.attrs["baseline"]
     parents = tracking.search(study, "tags.study_parent != ''")
@@ -640,7 +661,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     data = ReportData(study=study, runs=runs, summary=summary, baseline=base,
                       header=header_info(runs, scale, description, teachers, uri,
                                          tracking.ui_link(study) if exp is not None else None),
-                      history=fetch_history(tracked), teachers=teachers, notes=notes,
-                      optuna_study=optuna_study)
+                      history=fetch_history(tracked[tracked["run_id"].isin(set(runs["run_id"]))]),
+                      teachers=teachers, notes=notes, optuna_study=optuna_study, screen=screen)
     data.curves = fetch_curves(runs, summary, base, teachers, notes)
     return data

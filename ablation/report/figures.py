@@ -130,6 +130,40 @@ def auc_heatmap(runs: pd.DataFrame, axes: tuple[str, str], metric: str = "test_a
                    460)
 
 
+def _net_label(net: str, source: str) -> str:
+    return f"disc ({source})" if net == "disc" else net
+
+
+def position_map(deltas: pd.DataFrame, baseline: str) -> go.Figure:
+    """Net (rows; the discriminator once per input) x block (columns) heatmaps of the paired
+    difference to `baseline`, pre and post side by side, validation AUC above test AUC; each cell
+    gives the mean difference and its 95 % CI over the (fold, seed) pairs."""
+    from ablation.report.positions import MAP_METRICS
+    labels = list(dict.fromkeys(_net_label(n, i) for n, i in zip(deltas["net"], deltas["input"])))
+    blocks = sorted(deltas["block"].unique())
+    titles = [f"Δ {label}, {point}" for label in MAP_METRICS.values() for point in ("pre", "post")]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.1, vertical_spacing=0.16)
+    for r, (m, label) in enumerate(MAP_METRICS.items(), start=1):
+        bound = float(np.nanmax(np.abs(deltas[f"{m}_delta"]))) if deltas[f"{m}_delta"].notna().any() else 1.0
+        for c, point in enumerate(("pre", "post"), start=1):
+            z = np.full((len(labels), len(blocks)), np.nan)
+            text = np.full(z.shape, "", dtype=object)
+            for _, d in deltas[deltas["point"] == point].iterrows():
+                i, j = labels.index(_net_label(d["net"], d["input"])), blocks.index(d["block"])
+                z[i, j] = d[f"{m}_delta"]
+                ci = "" if math.isnan(d[f"{m}_ci_low"]) else f"<br>[{d[f'{m}_ci_low']:+.3f}, {d[f'{m}_ci_high']:+.3f}]"
+                text[i, j] = f"{d[f'{m}_delta']:+.4f}{ci}"
+            fig.add_trace(go.Heatmap(
+                z=z, x=[str(b) for b in blocks], y=labels, text=text, texttemplate="%{text}", zmid=0,
+                zmin=-bound, zmax=bound, colorscale="RdBu", showscale=c == 2,
+                colorbar={"title": {"text": f"Δ {label}"}, "len": 0.4, "y": 0.8 if r == 1 else 0.2},
+                hovertemplate=f"%{{y}} block %{{x}} {point}<br>Δ {label} %{{text}}<extra></extra>"), row=r, col=c)
+            fig.update_xaxes(title_text="block", type="category", row=r, col=c)
+            fig.update_yaxes(title_text="network (input)", type="category", row=r, col=c)
+    return _layout(fig, f"Where to distil: Δ AUC over {baseline} per tap (mean over (fold, seed) pairs, 95 % CI)",
+                   260 + 90 * 2 * len(labels))
+
+
 def parallel_axes(runs: pd.DataFrame, metric: str = "test_auc") -> go.Figure:
     """One line per run through its axis values (categorical axes numbered), coloured by `metric`."""
     runs = runs.dropna(subset=[metric])
@@ -329,6 +363,25 @@ def optuna_figures(study: Any) -> list[FigureSpec]:
     return specs
 
 
+def map_runs(data: ReportData) -> pd.DataFrame:
+    """The runs the position map reads: a staged study's screen (every tap), else the table's runs."""
+    return data.screen if len(data.screen) else data.runs
+
+
+def position_specs(data: ReportData) -> list[FigureSpec]:
+    """The position map, where the study's variants tap feature positions (none otherwise)."""
+    from ablation.report.positions import position_deltas
+    deltas = position_deltas(map_runs(data), data.baseline)
+    if deltas.empty:
+        return []
+    stage = "the screen's" if len(data.screen) else "the study's"
+    return [FigureSpec("fig-positions", "Position map",
+                       f"Paired difference to {data.baseline} in validation (top) and test AUC (bottom) per tap, "
+                       f"from {stage} runs: pre-activation (left) and post-activation (right) points; each cell "
+                       f"gives the mean over the (fold, seed) pairs and its {CONFIDENCE:.0%} t-interval (none "
+                       "with one pair). Blue: better than the baseline.", position_map(deltas, data.baseline))]
+
+
 def figure_specs(data: ReportData) -> list[FigureSpec]:
     """Every figure of the report, in page order."""
     order = list(data.summary["variant"])
@@ -337,6 +390,7 @@ def figure_specs(data: ReportData) -> list[FigureSpec]:
                         f"Each point is one run (fold x seed); the diamond is the mean with its {CONFIDENCE:.0%} "
                         "t-interval (absent with one run). Dashed red: the 0.95 target; dotted black: the teacher.",
                         auc_spread(data.runs, data.summary, data.teachers))]
+    specs += position_specs(data)
     grid = grid_axes(data.runs)
     heat = "Mean test AUC over the two grid axes, one panel per study variant."
     if len(grid) == 2:

@@ -19,7 +19,7 @@ from plotly.offline import get_plotlyjs
 
 from ablation.report.aggregate import (ALPHA, CONFIDENCE, METRIC_LABELS, METRICS, MIN_PAIRS, ReportData,
                                        collect, with_reference)
-from ablation.report.figures import FigureSpec, figure_specs
+from ablation.report.figures import FigureSpec, figure_specs, map_runs
 from ablation.report.markdown import markdown_table
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -133,6 +133,47 @@ def summary_table(data: ReportData) -> str:
             + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>")
 
 
+def _signed(x: Any, fmt: str = "{:+.4f}") -> str:
+    return _na("n/a") if _isnan(x) else fmt.format(x)
+
+
+def _ci(lo: Any, hi: Any) -> str:
+    return _na("n/a") if _isnan(lo) else f'<span class="ci">[{lo:+.4f}, {hi:+.4f}]</span>'
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    return ('<div class="tablewrap"><table class="summary"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+            + "</tbody></table></div>")
+
+
+def pre_post_section(data: ReportData) -> str:
+    """Pre minus post over every (net, block, input) cell: overall (CI, tests) and per cell; '' when
+    the study has no cell tapped at both points."""
+    from ablation.report.positions import MAP_METRICS, pre_post, pre_post_cells
+    runs = map_runs(data)
+    cells = pre_post_cells(runs)
+    if cells.empty:
+        return ""
+    overall = [[_e(r["metric"]), str(r["n_cells"]), _signed(r["pre_minus_post"]), _ci(r["ci_low"], r["ci_high"]),
+                f'{r["cells_pre_better"]} of {r["n_cells"]}', _signed(r["p_wilcoxon_cells"], "{:.3g}"),
+                f'{_signed(r["p_fold_blocked"], "{:.3g}")} <small>({r["n_folds"]} folds)</small>']
+               for _, r in pre_post(runs).iterrows()]
+    per_cell = [[_e(f"{r['net']} {r['block']}" + (f" ({r['input']})" if r["net"] == "disc" else "")), str(r["n_pairs"])]
+                + [f"{_signed(r[f'{m}_delta'])}<br>{_ci(r[f'{m}_ci_low'], r[f'{m}_ci_high'])}" for m in MAP_METRICS]
+                for _, r in cells.iterrows()]
+    stage = "the screen's runs" if len(data.screen) else "the study's runs"
+    return (f'<section id="pre-post"><h2>Pre-activation against post-activation</h2><p class="caption">From '
+            f"{stage}: per (network, block, input) cell, pre minus post paired on (fold, seed); overall, the mean "
+            f"of the cell means with its {CONFIDENCE:.0%} t-interval over the cells, a Wilcoxon signed-rank test "
+            "over the cells, and the fold-blocked t-test (every cell's differences averaged per fold; from 3 "
+            "folds).</p>"
+            + _html_table(["metric", "cells", "pre &minus; post", f"{CONFIDENCE:.0%} CI", "cells where pre is better",
+                           "Wilcoxon p (cells)", "fold-blocked p"], overall)
+            + _html_table(["cell", "pairs"] + [f"pre &minus; post, {label}" for label in MAP_METRICS.values()],
+                          per_cell) + "</section>")
+
+
 def figure_html(spec: FigureSpec) -> str:
     if spec.figure is None:
         return (f'<section class="fig-missing" data-figure="{_e(spec.id)}"><h2>{_e(spec.title)}</h2>'
@@ -185,6 +226,7 @@ def render(data: ReportData, csv_name: str | None = None) -> str:
 {csv_link}
 <ul class="notes">{"".join(f"<li>{n}</li>" for n in notes)}</ul>
 </section>
+{pre_post_section(data)}
 {figs}
 </body>
 </html>
@@ -205,8 +247,22 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
     table = with_reference(data.summary, data.runs)
     table.to_csv(csv_path, index=False, float_format="%.6g")
     (out_dir / f"{name}.md").write_text(markdown_table(table, data.baseline), encoding="utf-8")
+    write_position_tables(data, out_dir / f"{name}-positions.csv", out_dir / f"{name}-pre_post.csv")
     html_path.write_text(render(data, csv_path.name), encoding="utf-8")
     return html_path
+
+
+def write_position_tables(data: ReportData, positions: Path, pre_post_path: Path) -> None:
+    """Where the study taps feature positions: the map's numbers (one row per tap) and pre minus
+    post (one row per cell, then the overall rows); nothing otherwise."""
+    from ablation.report.positions import position_deltas, pre_post, pre_post_cells
+    runs = map_runs(data)
+    deltas = position_deltas(runs, data.baseline)
+    if deltas.empty:
+        return
+    deltas.to_csv(positions, index=False, float_format="%.6g")
+    pd.concat([pre_post_cells(runs), pre_post(runs)], ignore_index=True).to_csv(pre_post_path, index=False,
+                                                                                float_format="%.6g")
 
 
 def build_report(study_name: str, out_dir: Path, baseline: str | None = None, tracking_uri: str | None = None,

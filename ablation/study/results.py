@@ -4,9 +4,9 @@ MLflow's store (``runs/``) lives on one machine; this table is what outlives it.
 it after every finished trial (MLflow's finished runs merged with the rows already in the file, so
 rows trained on another machine are kept); a trial whose key has a row counts as finished, so a
 study resumed on a fresh machine does not train it again; and `make report` reads it where MLflow
-has no runs. Columns: the trial's identity and axes, its teacher (run id and test metrics), sizes,
-validation and test metrics, when and where it ran, on which numeric path, and the SHA-256 of
-its weights (`IDENTITY`, `METRIC_COLUMNS`, `CONTEXT`). A
+has no runs. Columns: the trial's identity (its `stage` in a staged study) and axes, its teacher
+(run id and test metrics), sizes, validation and test metrics, when and where it ran, on which
+numeric path, and the SHA-256 of its weights (`IDENTITY`, `METRIC_COLUMNS`, `CONTEXT`). A
 student of an ensemble names all its teachers in ``teacher_run_ids``; ``teacher_run_id`` and the
 teacher metrics are its first member's.
 """
@@ -19,7 +19,7 @@ import pandas as pd
 from ablation import tracking
 from ablation.paths import RESULTS, replace_csv
 
-IDENTITY = ["trial_key", "run_id", "status", "scale", "variant", "base_variant", "fold", "seed"]
+IDENTITY = ["trial_key", "run_id", "status", "scale", "stage", "variant", "base_variant", "fold", "seed"]
 METRIC_COLUMNS = ["best_val_auc", "best_val_ap", "best_val_f1", "best_epoch", "best_val_at", "epochs_run",
                   "test_auc", "test_ap", "test_f1", "test_auc_S", "test_auc_V", "test_auc_F", "test_auc_Q"]
 CONTEXT = ["teacher_run_id", "teacher_run_ids", "teacher_test_auc", "teacher_test_ap", "teacher_test_f1",

@@ -3,6 +3,7 @@
 The coordinator (`run_study`) trains the teachers the trials need, reconciles the queue with MLflow
 (finished trials are skipped, failed or interrupted ones queued again) and starts the workers;
 `run_worker` is also what a worker on another machine runs against the same stores.
+A staged study runs its screen, then its confirmation (`ablation.study.stages`), each on its own queue.
 A trial is done when MLflow has a FINISHED child run tagged with its key: killing any process at
 any moment loses no finished trial, and a rerun completes the rest.
 """
@@ -30,6 +31,7 @@ from ablation.paths import RUNS
 from ablation.run import TEACHER_EXPERIMENT, ensure_teacher, execute, run_key
 from ablation.study import queue, results
 from ablation.study.spec import StudySpec, Trial
+from ablation.study.stages import confirmation
 from ablation.train.loop import pick_device
 
 SUMMARY_COLUMNS = ["trial", "status", "best_epoch", "best_val_auc", "test_auc", "test_ap", "test_f1", "minutes"]
@@ -41,8 +43,8 @@ def study_tag(spec: StudySpec) -> str:
 
 
 def queue_name(spec: StudySpec) -> str:
-    """The trial queue: one per (study, scale), one more per part (folds, variants) run on its own."""
-    return study_tag(spec) + spec.part
+    """The trial queue: one per (study, scale) and stage, one more per part (folds, variants) run on its own."""
+    return study_tag(spec) + (f"-{spec.stage}" if spec.stage else "") + spec.part
 
 
 def finished_keys(spec: StudySpec) -> set[str]:
@@ -56,10 +58,18 @@ def export_results(spec: StudySpec) -> None:
     """Rewrite ``results/<study>.csv`` from MLflow's finished runs of the study (rows of other
     machines kept): the per-run table that is committed."""
     from ablation.report.aggregate import attach_teachers, fetch_teachers, keep_latest, runs_frame
-    runs, _ = keep_latest(runs_frame(tracking.search(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")))
-    if runs.empty:
+    found = tracking.search(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")
+    if not found:
         return
+    runs, _ = keep_latest(runs_frame(found))
     results.write(spec.name, attach_teachers(runs, fetch_teachers(runs)))
+
+
+def confirmation_stage(spec: StudySpec) -> StudySpec:
+    """The confirmation of staged study `spec` (its screen): the table exported from MLflow first,
+    then the rule applied to its screening rows (`stages.confirmation`)."""
+    export_results(spec)
+    return confirmation(spec, results.load(spec.name))
 
 
 def parent_run(spec: StudySpec) -> str:
@@ -141,8 +151,11 @@ def _run_at_most(cmds: list[list[str]], slots: int) -> None:
 
 
 def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None, mitdb: str | None = None,
-              device: str | None = None, beats: Beats | None = None, progress: bool = True) -> pd.DataFrame:
-    """Run every unfinished trial of `spec` and return the summary table."""
+              device: str | None = None, beats: Beats | None = None, progress: bool = True,
+              then_confirm: bool = True) -> pd.DataFrame:
+    """Run every unfinished trial of `spec` and return the summary table; a whole screen of a staged
+    study goes on to its confirmation unless `then_confirm` is False (the rows of both, with a
+    `stage` column)."""
     own_beats = beats is None  # beats handed in (tests) cannot reach a teacher process
     beats = study_beats(spec, mitdb, beats)
     dev = pick_device(device or spec.trials[0].config.train.device)
@@ -166,8 +179,9 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
         tracking.set_status(parent, "KILLED")
         raise
     complete = finished_keys(spec) >= {t.key for t in spec.trials}
-    # a finished part of a study run in parts leaves its parent SCHEDULED: more parts may follow
-    tracking.set_status(parent, ("SCHEDULED" if spec.part else "FINISHED") if complete else "FAILED")
+    # a finished part of a study run in parts, or a screen, leaves its parent SCHEDULED: more may follow
+    more = spec.part or spec.stage == "screen"
+    tracking.set_status(parent, ("SCHEDULED" if more else "FINISHED") if complete else "FAILED")
     table = summary(spec)
     print(table.to_string(index=False), flush=True)
     print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
@@ -177,6 +191,10 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
         raise StudyIncomplete(f"study {spec.name}: {len(unfinished)} of {len(table)} trials did not finish ({counts}; "
                               f"first: {unfinished['trial'].iloc[0]}); the reasons are the runs' failure_reason "
                               f"tags in MLflow; a rerun retries them and keeps the finished ones")
+    if spec.stage == "screen" and not spec.part and then_confirm:
+        confirm = run_study(confirmation_stage(spec), workers, storage_url, mitdb, device,
+                            None if own_beats else beats, progress)
+        return pd.concat([table.assign(stage="screen"), confirm.assign(stage="confirm")], ignore_index=True)
     return table
 
 
@@ -195,6 +213,7 @@ def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent
     cmd += ["--device", device] if device else []
     cmd += ["--folds", *map(str, spec.folds_only)] if spec.folds_only else []
     cmd += ["--variants", *spec.variants_only] if spec.variants_only else []
+    cmd += ["--stage", spec.stage] if spec.stage else []
     procs = [subprocess.Popen(cmd) for _ in range(workers)]
     for p in procs:  # a worker's failed trials show in the study's summary, and make run_study fail
         p.wait()
@@ -240,7 +259,8 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
         print(f"{label}: start (pid {os.getpid()})", flush=True)
         _kill_stale_runs(spec, key)
         tags = {"trial_key": key, "study": spec.name, "scale": spec.scale, "trial_name": trial.name,
-                "optuna_trial": str(ot.number), **{f"axis.{k}": str(v) for k, v in trial.axes.items()}}
+                "optuna_trial": str(ot.number), **{f"axis.{k}": str(v) for k, v in trial.axes.items()},
+                **({"stage": trial.stage} if trial.stage else {})}
         t0 = time.perf_counter()
         try:
             with queue.heartbeat(storage, ot):

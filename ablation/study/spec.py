@@ -8,11 +8,15 @@
     grid:      {dotted.key: [v1, v2], ...}                        # optional, Cartesian product
     folds:     [0, 1, 2]                                          # the data.fold axis
     seeds:     [0, 1]                                             # the train.seed axis
+    stages:    {screen: {folds, seeds}, confirm: {folds, seeds, rule}}  # instead of folds and seeds
 
 Trials are, for each variant, (top-level grid x the variant's own grid) x folds x seeds. A dotted
-key may index a list: ``distill.features.0.position``. A scale may also set ``folds`` and ``seeds``. Every trial's config is validated before anything
-trains; its key is a hash of its resolved config, so it is stable under key order and reordering
-of the file.
+key may index a list: ``distill.features.0.position``. A scale may also set ``folds`` and ``seeds``
+(or ``stages.screen.folds`` ...). A staged study (`ablation.study.stages`) holds the screen's trials;
+the confirmation's candidates (every variant on its pairs) are expanded and validated at load too,
+and the rule picks among them once the screen is complete. Every trial's config is validated before
+anything trains; its key is a hash of its resolved config, so it is stable under key order and
+reordering of the file.
 """
 from __future__ import annotations
 
@@ -25,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, set_dotted
+from ablation.study.stages import Stages, check_rule, find_twins, parse_stages
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
-TOP_KEYS = {"name", "description", "base", "scales", "variants", "grid", "folds", "seeds", "search"}
+TOP_KEYS = {"name", "description", "base", "scales", "variants", "grid", "folds", "seeds", "search", "stages"}
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Trial:
     name: str  # variant name plus grid values, e.g. "kd/kd.T=4"
     axes: dict[str, Any]  # every varied key and its value, fold and seed included
     config: RunConfig
+    stage: str = ""  # "screen" or "confirm" in a staged study
 
     @property
     def key(self) -> str:
@@ -52,6 +58,10 @@ class StudySpec:
     search: dict | None = None  # the tuning section, read by ablation.study.tune
     folds_only: tuple[int, ...] | None = None  # run only these folds of the scale now (`select_part`)
     variants_only: tuple[str, ...] | None = None  # and only these variants
+    stages: Stages | None = None  # a staged study's stages (`trials`: the screen's, or the confirmation's)
+    stage: str = ""  # which stage `trials` belong to ("" for a study without stages)
+    candidates: list[Trial] = field(default_factory=list)  # every variant on the confirmation's pairs
+    twins: dict[str, str] = field(default_factory=dict)  # trial name -> its pre/post twin's
 
     @property
     def part(self) -> str:
@@ -64,7 +74,8 @@ class StudySpec:
         c = self.trials[0].config if self.trials else RunConfig()
         folds = sorted({t.config.data.fold for t in self.trials})
         seeds = sorted({t.config.train.seed for t in self.trials})
-        return (f"scale={self.scale}: epochs={c.train.epochs}, train_subset={c.data.train_subset or 'all'}, "
+        stage = f"stage={self.stage}, " if self.stage else ""
+        return (f"{stage}scale={self.scale}: epochs={c.train.epochs}, train_subset={c.data.train_subset or 'all'}, "
                 f"folds={folds}, seeds={seeds}, trials={len(self.trials)}")
 
 
@@ -85,6 +96,12 @@ def select_part(spec: StudySpec, folds: list[int] | None = None, variants: list[
     return dataclasses.replace(spec, trials=trials,
                                folds_only=tuple(sorted(set(folds))) if folds is not None else None,
                                variants_only=tuple(n for n in dict.fromkeys(variants)) if variants is not None else None)
+
+
+def both_stages(spec: StudySpec) -> StudySpec:
+    """A staged study's screen and every confirmation candidate as one list of trials (what
+    `reproduce` finds in the committed table); a study without stages as it is."""
+    return dataclasses.replace(spec, trials=spec.trials + spec.candidates, candidates=[], stage="")
 
 
 RESERVED = {"teachers", "students"}  # MLflow experiments the platform itself writes
@@ -158,7 +175,12 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
         if axis in knobs:
             d = {**d, axis: knobs.pop(axis)}
     for key, value in knobs.items():
-        base = set_dotted(base, key, value)
+        if key == "stages":
+            d = {**d, "stages": value}
+        elif key.startswith("stages."):
+            d = {**d, "stages": set_dotted(d.get("stages") or {}, key[len("stages."):], value)}
+        else:
+            base = set_dotted(base, key, value)
     variants = d.get("variants", [{"name": "base", "set": {}}])
     if not isinstance(variants, list) or not variants:
         raise ConfigError(f"{src}: `variants` must be a non-empty list of {{name, set}} mappings")
@@ -172,17 +194,51 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
     if len(set(names)) != len(names):
         raise ConfigError(f"{src}: variant names must be unique, got {names}")
     top_grid = _grid(d.get("grid"), "grid", src)
+    stages = _stages(d, src)
+    pairs = stages.pairs("screen") + stages.pairs("confirm") if stages else _pairs(d, base, src)
+    count = sum(math.prod(len(v) for v in {**top_grid, **_grid(v.get("grid"), f"variants[{v['name']}].grid",
+                                                                src)}.values())
+                for v in variants) * len(pairs)
+    if max_trials is not None and count > max_trials:
+        raise ConfigError(f"{src}: {count:,} trials (scale {scale}) is more than {max_trials:,}; "
+                          f"shrink the grid, or pass --yes to expand them anyway")
+    if stages is None:
+        trials = _expand(variants, base, top_grid, pairs, src, "")
+        _check_unique(trials, src)
+        return StudySpec(study_name, path, d.get("description", ""), scale, trials, d.get("search"))
+    screen = _expand(variants, base, top_grid, stages.pairs("screen"), src, "screen")
+    candidates = _expand(variants, base, top_grid, stages.pairs("confirm"), src, "confirm")
+    _check_unique(screen + candidates, src)
+    first = stages.pairs("screen")[0]
+    twins = find_twins([t for t in screen if (t.axes["fold"], t.axes["seed"]) == first])
+    check_rule(stages.confirm.rule, list(dict.fromkeys(t.name for t in screen)), twins, src)
+    return StudySpec(study_name, path, d.get("description", ""), scale, screen, d.get("search"), stages=stages,
+                     stage="screen", candidates=candidates, twins=twins)
+
+
+def _stages(d: dict, src: str) -> Stages | None:
+    """The `stages` section (None without one); a staged study sets no top-level folds or seeds."""
+    if "stages" not in d:
+        return None
+    for axis in ("folds", "seeds"):
+        if axis in d:
+            raise ConfigError(f"{src}: `{axis}` is set per stage in a staged study (`stages.screen.{axis}`, "
+                              f"`stages.confirm.{axis}`); remove the top-level `{axis}`")
+    return parse_stages(d["stages"], src)
+
+
+def _pairs(d: dict, base: dict, src: str) -> list[tuple[int, int]]:
+    """The (fold, seed) pairs of a study without stages: `folds` x `seeds`."""
     folds = _list_of(d.get("folds", [base.get("data", {}).get("fold", 0)]), "folds", src, int)
     seeds = _list_of(d.get("seeds", [base.get("train", {}).get("seed", 0)]), "seeds", src, int)
     if min(seeds) < 0:
         raise ConfigError(f"{src}: `seeds` must be non-negative integers (torch seeds), got {seeds}")
+    return list(itertools.product(folds, seeds))
 
-    count = sum(math.prod(len(v) for v in {**top_grid, **_grid(v.get("grid"), f"variants[{v['name']}].grid",
-                                                                src)}.values())
-                for v in variants) * len(folds) * len(seeds)
-    if max_trials is not None and count > max_trials:
-        raise ConfigError(f"{src}: {count:,} trials (scale {scale}) is more than {max_trials:,}; "
-                          f"shrink the grid, or pass --yes to expand them anyway")
+
+def _expand(variants: list[dict], base: dict, top_grid: dict, pairs: list[tuple[int, int]], src: str,
+            stage: str) -> list[Trial]:
+    """For each variant, (top-level grid x its own grid) x `pairs`, each config validated."""
     trials: list[Trial] = []
     for variant in variants:
         vbase = base
@@ -194,18 +250,21 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
             cbase = vbase
             for key, value in gvals.items():
                 cbase = set_dotted(cbase, key, value)
-            for fold, seed in itertools.product(folds, seeds):
+            for fold, seed in pairs:
                 cfg_dict = set_dotted(set_dotted(cbase, "data.fold", fold), "train.seed", seed)
                 label = f"{src} (variant {variant['name']!r}" + (f", grid {gvals}" if gvals else "") + ")"
                 cfg = from_dict(RunConfig, cfg_dict, src=label)
                 shown = {k: _compact(v) for k, v in gvals.items()}
                 name = "/".join([variant["name"]] + [f"{k}={v}" for k, v in shown.items()])
                 axes = {"variant": variant["name"], **shown, "fold": fold, "seed": seed}
-                trials.append(Trial(len(trials), name, axes, cfg))
+                trials.append(Trial(len(trials), name, axes, cfg, stage))
+    return trials
+
+
+def _check_unique(trials: list[Trial], src: str) -> None:
     keys = [t.key for t in trials]
     if len(set(keys)) != len(keys):
         dup = next(t.name for t in trials if keys.count(t.key) > 1)
         raise ConfigError(f"{src}: two trials resolve to the same config (e.g. {dup!r}): a field no term reads "
                           f"(a temperature without a temperature KD kind, a teacher without a term) is not part "
                           f"of a run; remove the duplicate")
-    return StudySpec(study_name, path, d.get("description", ""), scale, trials, d.get("search"))
