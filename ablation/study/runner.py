@@ -184,6 +184,8 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     tracking.set_status(parent, ("SCHEDULED" if more else "FINISHED") if complete else "FAILED")
     table = summary(spec)
     print(table.to_string(index=False), flush=True)
+    for line in teacher_lines(spec, beats.fingerprint):
+        print(line, flush=True)
     print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
     unfinished = table[~table["status"].str.startswith("FINISHED")]
     if len(unfinished):
@@ -283,6 +285,27 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
         done += 1
         print(f"{label}: done, best val AUC {value:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
     return done
+
+
+def teacher_lines(spec: StudySpec, data_fingerprint: str) -> list[str]:
+    """One line per teacher the study's students read, beside their table: where it came from
+    (imported from ``results/teachers/`` or trained) and its validation and test AUC."""
+    configs = {t.key(): t for trial in spec.trials if trial.config.reads_teacher()
+               for t in trial.config.teacher_configs()}
+    lines = []
+    for cfg in configs.values():
+        key = run_key(cfg, data_fingerprint)
+        run_id = tracking.find_finished(TEACHER_EXPERIMENT, key)
+        label = f"teacher f{cfg.data.fold} s{cfg.train.seed} ({key[:8]}"
+        if run_id is None:
+            lines.append(f"{label}): not trained")
+            continue
+        run = tracking.get_run(run_id)
+        m = run.data.metrics
+        origin = "imported from results/teachers/" if run.data.tags.get("imported_from") else "trained here"
+        lines.append(f"{label}, {origin}): best val AUC {m.get('best_val_auc', float('nan')):.4f}, "
+                     f"test AUC {m.get('test_auc', float('nan')):.4f}")
+    return lines
 
 
 def summary(spec: StudySpec) -> pd.DataFrame:

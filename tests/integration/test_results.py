@@ -111,11 +111,14 @@ def test_a_key_has_one_committed_teacher(tmp_path, tracking_store, synthetic):
         teachers.export(again)
 
 
-def test_a_fresh_clone_runs_a_study_on_its_committed_teachers_and_trains_none(tmp_path, tracking_store, synthetic):
+def test_a_fresh_clone_runs_a_study_on_its_committed_teachers_and_trains_none(tmp_path, tracking_store, synthetic,
+                                                                              capsys):
     """The teachers a study needs, exported to results/teachers/, are all a fresh machine needs:
-    its study imports them and trains none."""
+    its study imports them, trains none, and prints the imported teacher's AUC beside its students."""
     from ablation import teachers
     spec = run_tiny_study(tmp_path, name="fresh_clone_tiny", seeds=(0,))
+    first = capsys.readouterr().out
+    assert "teacher f0 s0 (" in first and "trained here): best val AUC" in first
     used = set(results.load("fresh_clone_tiny")["teacher_run_id"].dropna())
     assert len(used) == 1
     teachers.export(used.pop())
@@ -127,6 +130,8 @@ def test_a_fresh_clone_runs_a_study_on_its_committed_teachers_and_trains_none(tm
         exp = MlflowClient().get_experiment_by_name("teachers")
         runs = MlflowClient().search_runs([exp.experiment_id])
         assert len(runs) == 1 and runs[0].data.tags["imported_from"]  # imported, not trained
+        line = f"imported from results/teachers/): best val AUC {runs[0].data.metrics['best_val_auc']:.4f}, test AUC"
+        assert line in capsys.readouterr().out
         assert len(results.load("fresh_clone_tiny")) == len(spec.trials)
     finally:
         tracking.setup(old)
