@@ -1,12 +1,15 @@
 """The Anobeat family end to end on synthetic beats (fast; not ECG), as test_run.py does BeatGAN's:
 a teacher in MLflow with its own losses, a checkpoint that builds its family, `score` on raw beats,
 students across families, and `python -m ablation train` / `score` on configs/anobeat/tiny.yaml."""
+import hashlib
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ablation import tracking
+from ablation import teachers, tracking
 from ablation.__main__ import main
 from ablation.config import RunConfig, from_dict, load_run_config
 from ablation.models.anobeat import Anobeat, AnobeatD
@@ -41,6 +44,9 @@ def test_an_anobeat_teacher_logs_its_losses_and_its_checkpoint_builds_anobeat(an
     assert {"test_auc", "best_val_auc", "best_epoch"} <= set(run.data.metrics)
     cfg2, state = tracking.load_checkpoint(out.run_id)
     assert cfg2 == cfg and any(k.startswith("latent.") for k in state["D"])
+    path = teachers.export(out.run_id)  # committed like a BeatGAN teacher: its row names the family
+    row = pd.read_csv(path.parents[1] / teachers.TABLE).set_index("run_key").loc[run.data.tags["run_key"]]
+    assert row["family"] == "anobeat" and row["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     model = load_model(cfg2, state, torch.device("cpu"))
     assert isinstance(model, Anobeat) and isinstance(model.D, AnobeatD)
     raw = (synthetic.x[:40, :1] * 2.5 - 4.0).astype(np.float32)  # un-normalised beats
