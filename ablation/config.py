@@ -414,12 +414,14 @@ def _check_family_fields(cfg: RunConfig, src: str) -> None:
     pairs = [("train", cfg.model, cfg.train)]
     if cfg.distill is not None:
         pairs.append(("distill.teacher_train", cfg.distill.teacher, cfg.distill.teacher_train))
+    from ablation.models import families
     defaults = TrainConfig()
     for where, model, train in pairs:
         for name in sorted(foreign_train_fields(model)):
             if getattr(train, name) != getattr(defaults, name):
-                raise ConfigError(f"{src}: `{where}.{name}` is read by another family than {model.family!r} "
-                                  f"(the run's); remove it or set that family")
+                readers = ", ".join(n for n, fam in families().items() if name in fam.train_fields)
+                raise ConfigError(f"{src}: `{where}.{name}` is read by model family {readers} only, and this "
+                                  f"one is {model.family!r}; remove it or set that family")
 
 
 def _check_family_taps(cfg: RunConfig, src: str) -> None:

@@ -95,7 +95,7 @@ def test_bad_family_and_a_foreign_field_are_one_line_errors():
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=r"`distill.teacher.family` is 'x'"):
         from_dict(RunConfig, {"role": "student", "distill": {"teacher": {"family": "x"}}})
-    with pytest.raises(ConfigError, match=r"`train.w_latent` is read by another family than 'beatgan'"):
+    with pytest.raises(ConfigError, match=r"`train.w_latent` is read by model family anobeat only, and this one is 'beatgan'"):
         from_dict(RunConfig, {"train": {"w_latent": 0.5}})
     with pytest.raises(ConfigError, match=r"`distill.teacher_train.w_latent`"):
         from_dict(RunConfig, {"role": "student", "distill": {"teacher_train": {"w_latent": 0.5}}})
