@@ -10,7 +10,7 @@ from ablation.data.dataset import load_data
 from ablation.data.synthetic import synthetic_beats
 from ablation.distill.distiller import Distiller
 from ablation.models import FAMILIES, family
-from ablation.models.anobeat import Anobeat, AnobeatD
+from ablation.models.anobeat import Anobeat
 from ablation.models.beatgan import TAP_NAMES, BeatGAN
 from ablation.train.loop import train
 from support.distill_pair import beats, g_step
@@ -95,7 +95,8 @@ def test_bad_family_and_a_foreign_field_are_one_line_errors():
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match=r"`distill.teacher.family` is 'x'"):
         from_dict(RunConfig, {"role": "student", "distill": {"teacher": {"family": "x"}}})
-    with pytest.raises(ConfigError, match=r"`train.w_latent` is read by model family anobeat only, and this one is 'beatgan'"):
+    with pytest.raises(ConfigError, match=r"`train.w_latent` is read by model family anobeat only, and this "
+                                          r"one is 'beatgan'"):
         from_dict(RunConfig, {"train": {"w_latent": 0.5}})
     with pytest.raises(ConfigError, match=r"`distill.teacher_train.w_latent`"):
         from_dict(RunConfig, {"role": "student", "distill": {"teacher_train": {"w_latent": 0.5}}})
