@@ -59,8 +59,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """BeatGAN widths: ndf (discriminator/encoder), ngf (decoder), nz (latent size)."""
+    """The detector family (`ablation.models.FAMILIES`: beatgan, anobeat) and its widths: ndf
+    (discriminator/encoder), ngf (decoder), nz (latent size)."""
 
+    family: str = Option("beatgan", off="beatgan")  # off at BeatGAN: every stored BeatGAN key unchanged
     ndf: int = Range(1, 512, default=32)
     ngf: int = Range(1, 512, default=32)
     nz: int = Range(1, 1024, default=50)
@@ -76,6 +78,7 @@ class TrainConfig:
     lr: float = Range(1e-7, 1.0, default=2e-4)  # the paper: 1e-4, constant, 100 epochs
     beta1: float = Range(0.0, 0.999, default=0.5)
     w_adv: float = Range(0.0, None, default=1.0)
+    w_latent: float = Range(0.0, None, default=1.0)  # anobeat: the encoder's latent adversarial term
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decay to lr/100 over `epochs`
     lr_d: Optional[float] = Range(1e-7, 1.0, default=None, off=None)  # D's own lr (TTUR, Heusel et al. 2017)
     d_reinit_below: float = Range(0.0, None, default=5e-6)  # re-initialise D when its batch loss falls below
@@ -208,10 +211,25 @@ def run_identity(cfg: RunConfig) -> dict:
     from ablation import numerics
     d = _identity(cfg)
     d["numerics"] = numerics.mode()
+    d["train"] = _family_fields(cfg.model, d["train"])
     if cfg.distill is not None:
         d["distill_revision"] = DISTILL_REVISION
         d["distill"] = _distill_identity(cfg.distill, d["distill"])
     return d
+
+
+def foreign_train_fields(model: ModelConfig) -> set[str]:
+    """The ``train.*`` keys that other families read and `model`'s family does not (its own loss
+    weights are in its ``train_fields``): nothing reads them in this run."""
+    from ablation.models import families
+    everyone = {f for fam in families().values() for f in fam.train_fields}
+    return everyone - set(families()[model.family].train_fields)
+
+
+def _family_fields(model: ModelConfig, train: dict) -> dict:
+    """A training identity without the keys `model`'s family does not read."""
+    foreign = foreign_train_fields(model)
+    return {k: v for k, v in train.items() if k not in foreign}
 
 
 def _distill_identity(dc: DistillConfig, d: dict) -> dict:
@@ -221,6 +239,7 @@ def _distill_identity(dc: DistillConfig, d: dict) -> dict:
     if not dc.has_terms():
         return {}
     kd = d["kd"]
+    d["teacher_train"] = _family_fields(dc.teacher, d["teacher_train"])
     if dc.kd.kind == "none":
         d["kd"] = {"kind": "none"}
     elif not KD_KINDS[dc.kd.kind].uses_T:
@@ -335,6 +354,13 @@ def _check_registered(obj, src: str, prefix: str) -> None:
     if isinstance(obj, RunConfig) and obj.role == "teacher" and obj.distill is not None:
         raise ConfigError(f"{src}: `distill` is set on a role: teacher config, where nothing reads it; "
                           f"set role: student to distil, or remove `distill`")
+    if isinstance(obj, RunConfig):
+        _check_family_fields(obj, src)
+        _check_family_taps(obj, src)
+    if isinstance(obj, ModelConfig):
+        from ablation.models import families
+        if obj.family not in families():
+            raise ConfigError(f"{src}: `{prefix}.family` is {obj.family!r}; allowed values: {', '.join(families())}")
     if isinstance(obj, DistillConfig) and obj.teacher_seeds is not None:
         seeds = obj.teacher_seeds
         if len(seeds) < 2 or len(set(seeds)) != len(seeds):
@@ -380,6 +406,39 @@ def _check_registered(obj, src: str, prefix: str) -> None:
                 raise ConfigError(f"{src}: `{prefix}.position` {pos!r} has length {tap_length(pos)}, and distance "
                                   f"{obj.distance!r} is constant on features shorter than {cls.min_length}; "
                                   f"choose a block 0-4 (or a dec position)")
+
+
+def _check_family_fields(cfg: RunConfig, src: str) -> None:
+    """A family's own ``train.*`` key set away from its default on a run of another family would be
+    ignored: refused, naming the key and the family that reads it."""
+    pairs = [("train", cfg.model, cfg.train)]
+    if cfg.distill is not None:
+        pairs.append(("distill.teacher_train", cfg.distill.teacher, cfg.distill.teacher_train))
+    from ablation.models import families
+    defaults = TrainConfig()
+    for where, model, train in pairs:
+        for name in sorted(foreign_train_fields(model)):
+            if getattr(train, name) != getattr(defaults, name):
+                readers = ", ".join(n for n, fam in families().items() if name in fam.train_fields)
+                raise ConfigError(f"{src}: `{where}.{name}` is read by model family {readers} only, and this "
+                                  f"one is {model.family!r}; remove it or set that family")
+
+
+def _check_family_taps(cfg: RunConfig, src: str) -> None:
+    """Each feature term's positions must be taps of the student's family and, when the teacher is
+    its target, of the teacher's (`taps` of the family class)."""
+    from ablation.models import families
+    if cfg.distill is None:
+        return
+    for i, f in enumerate(cfg.distill.features):
+        nets = [("student", cfg.model)] + ([("teacher", cfg.distill.teacher)] if f.target == "teacher" else [])
+        for key in ("position", "pair"):
+            pos = getattr(f, key)
+            for whose, model in nets:
+                taps = families()[model.family].taps
+                if pos is not None and pos not in taps:
+                    raise ConfigError(f"{src}: `distill.features[{i}].{key}` {pos!r} is not a tap of the {whose}'s "
+                                      f"family {model.family!r}; its taps: {', '.join(taps)}")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

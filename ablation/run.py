@@ -14,6 +14,7 @@ from ablation import numerics, teachers, tracking
 from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, load_data
 from ablation.data.mitdb import Beats
+from ablation.models import family
 from ablation.models.beatgan import BeatGAN
 from ablation.models.ensemble import ensemble
 from ablation.train.loop import Result, pick_device, train
@@ -40,7 +41,8 @@ def init_seed(role: str, seed: int) -> int:
 
 
 def load_model(cfg: RunConfig, state: dict, device: torch.device) -> BeatGAN:
-    model = BeatGAN.build(cfg.model, cfg.data.nc)
+    """The model of a checkpoint: its config's family (``model.family``) built, the weights loaded."""
+    model = family(cfg.model.family).build(cfg.model, cfg.data.nc)
     model.G.load_state_dict(state["G"])
     model.D.load_state_dict(state["D"])
     return model.to(device)
@@ -94,7 +96,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
         if len(members) > 1:
             tags["teacher_run_ids"] = ",".join(i for i, _ in members)  # teacher_run_id: the first member
     torch.manual_seed(init_seed(cfg.role, cfg.train.seed))  # the initial weights (G, D, connectors)
-    terms, student = None, BeatGAN.build(cfg.model, cfg.data.nc)
+    terms, student = None, family(cfg.model.family).build(cfg.model, cfg.data.nc)
     if teacher is not None:
         from ablation.distill.distiller import Distiller
         data = dataclasses.replace(data, train=data.train.to(device))  # one copy on the device, shared with the loop

@@ -1,6 +1,6 @@
 """The canonical teachers, committed: one checkpoint per teacher key under
 ``results/teachers/<run key>.pt`` (about 10 MB for the ndf-32 recipe, as BeatGAN's authors ship
-theirs) and one row per key in ``results/teachers.csv`` (run, fold, seed, leads `nc`, metrics,
+theirs) and one row per key in ``results/teachers.csv`` (run, family, fold, seed, leads `nc`, metrics,
 the numeric path it was trained on, the checkpoint's SHA-256).
 
 A teacher key names the config, the beats and the numeric path (`ablation.numerics`), so a
@@ -59,8 +59,8 @@ def export(run_id: str) -> Path:
         return path
     tmp.replace(path)
     imported = run.data.tags.get("imported_from")
-    _record({"run_key": key, "run_id": imported or run_id, "fold": cfg.data.fold, "seed": cfg.train.seed,
-             "nc": cfg.data.nc, **{m: run.data.metrics.get(m) for m in METRICS},
+    _record({"run_key": key, "run_id": imported or run_id, "family": cfg.model.family, "fold": cfg.data.fold,
+             "seed": cfg.train.seed, "nc": cfg.data.nc, **{m: run.data.metrics.get(m) for m in METRICS},
              **{c: run.data.tags.get(c) for c in CONTEXT}, "sha256": _sha256(path)})
     return path
 
@@ -71,6 +71,7 @@ def _record(row: dict) -> None:
     with tracking.key_lock("results-teachers"):
         table = _table()
         table = pd.concat([table[table["run_key"] != row["run_key"]], pd.DataFrame([row])], ignore_index=True)
+        table["family"] = table.reindex(columns=["family"])["family"].fillna("beatgan")  # rows of old: BeatGANs
         replace_csv(RESULTS / TABLE, table.sort_values(["fold", "seed", "nc"], kind="stable"))
 
 

@@ -63,6 +63,10 @@ class FeatureTerm(nn.Module):
                              f"with the student D on the real beat; it needs a disc position with input: fake")
         if len({p.net for p in self.positions}) > 1:
             raise ValueError(f"features[{index}]: position and pair must be in the same network")
+        for whose, shapes in (("student", s_shapes), ("teacher", t_shapes if cfg.target == "teacher" else s_shapes)):
+            missing = [p.tap for p in self.positions if p.tap not in shapes]
+            if missing:
+                raise ValueError(f"features[{index}]: position {missing[0]!r} is not a tap of the {whose}'s model")
         self.step = self.positions[0].step
         cls = DISTANCES[cfg.distance]
         s_ch = [s_shapes[p.tap][1] for p in self.positions]

@@ -16,10 +16,13 @@ Activations are never in place, so a ``pre`` tensor is not overwritten by the ac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
+
+from ablation.models import register_family
+from ablation.train.step import Step
 
 
 class Widths(Protocol):
@@ -138,12 +141,16 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+@register_family("beatgan")
 @dataclass
 class BeatGAN:
-    """A generator/discriminator pair built from a ModelConfig."""
+    """A generator/discriminator pair built from a ModelConfig: the ``beatgan`` family (the default)."""
 
     G: Generator
     D: Discriminator
+    taps: ClassVar[tuple[str, ...]] = tuple(TAP_NAMES)  # every enc, dec and disc position
+    train_fields: ClassVar[tuple[str, ...]] = ()  # train.* keys only this family reads
+    step: ClassVar[type[Step]] = Step
 
     @classmethod
     def build(cls, cfg: Widths, nc: int) -> "BeatGAN":

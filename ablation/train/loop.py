@@ -29,11 +29,12 @@ from tqdm import tqdm
 from ablation.config import RunConfig, TrainConfig
 from ablation.data.augment import warp_fraction
 from ablation.data.dataset import DataBundle
+from ablation.models import family
 from ablation.models.beatgan import BeatGAN, init_weights
 from ablation.train.checkpoints import Checkpoints, Snapshot
 from ablation.train.evaluate import metrics
 from ablation.train.rescore import score_sets
-from ablation.train.step import Step, Terms
+from ablation.train.step import Terms
 
 
 class Diverged(RuntimeError):
@@ -83,13 +84,15 @@ def seed_everything(seed: int) -> torch.Generator:
 def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms | None = None,
           on_epoch: Callable[[int, dict[str, float]], None] | None = None,
           progress: bool = True, model: BeatGAN | None = None) -> Result:
-    """Train BeatGAN under `cfg` (plus distillation `terms`) and return the best-validation check."""
+    """Train a detector of ``cfg.model.family`` (BeatGAN by default) under `cfg` (plus distillation
+    `terms`) and return the best-validation check."""
     tc = cfg.train
     if tc.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         print("warning: train.precision bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16): "
               "emulated, many times slower than fp32; it pays on CUDA and on AVX512-BF16 CPUs", file=sys.stderr)
     gen = seed_everything(tc.seed)
-    model = (model or BeatGAN.build(cfg.model, cfg.data.nc)).to(device)
+    fam = family(cfg.model.family)
+    model = (model or fam.build(cfg.model, cfg.data.nc)).to(device)
     G, D = model.G, model.D
     opt_g, opt_d, scheds = optimisers(tc, G, D, terms)
     train_x = data.train.to(device)
@@ -102,7 +105,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     # optional speed-ups (CUDA above all): bf16 autocast of the training forwards, torch.compile
     amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")  # noqa: E731
     G_run, D_run = (torch.compile(G), torch.compile(D)) if tc.compile else (G, D)
-    step = Step(G_run, D_run, D, opt_g, opt_d, terms, tc.w_adv,
+    step = fam.step(G_run, D_run, D, opt_g, opt_d, terms, tc,
                 torch.full((tc.batch_size,), tc.d_real_label, device=device),  # 1, or smoothed
                 amp, averaged.update if averaged else None)
     check_every = 1 if device.type == "cpu" else 16  # D re-init check without a sync every batch

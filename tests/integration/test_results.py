@@ -209,5 +209,6 @@ def test_the_committed_teachers_are_whole_and_are_the_studies_teachers(mitdb):
     fingerprint = load_beats(Protocol(), mitdb, progress=False).fingerprint
     wanted = {t.data.fold: run_key(t, fingerprint) for trial in load_study("headline").trials
               if trial.config.reads_teacher() for t in trial.config.teacher_configs()}
-    for row in table[(table["seed"] == 0) & (table["nc"] == 1)].itertuples():
+    beatgan = table.reindex(columns=["family"])["family"].fillna("beatgan") == "beatgan"  # headline's family
+    for row in table[(table["seed"] == 0) & (table["nc"] == 1) & beatgan].itertuples():
         assert wanted[row.fold] == row.run_key, f"fold {row.fold}"
