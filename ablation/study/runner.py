@@ -169,6 +169,8 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     # a finished part of a study run in parts leaves its parent SCHEDULED: more parts may follow
     tracking.set_status(parent, ("SCHEDULED" if spec.part else "FINISHED") if complete else "FAILED")
     table = summary(spec)
+    if table["status"].str.startswith("FINISHED").any():
+        attach_report(spec, parent)
     print(table.to_string(index=False), flush=True)
     print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
     unfinished = table[~table["status"].str.startswith("FINISHED")]
@@ -178,6 +180,16 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
                               f"first: {unfinished['trial'].iloc[0]}); the reasons are the runs' failure_reason "
                               f"tags in MLflow; a rerun retries them and keeps the finished ones")
     return table
+
+
+def attach_report(spec: StudySpec, parent: str) -> None:
+    """The study's report page (`make report`'s HTML, CSV and Markdown of its finished runs at
+    this scale) under ``report/`` of its parent run, replacing the previous one."""
+    from ablation.report.aggregate import collect
+    from ablation.report.page import write_report
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(collect(spec.name, scale=spec.scale), Path(tmp))
+        tracking.log_report(parent, Path(tmp))
 
 
 class StudyIncomplete(ValueError):
