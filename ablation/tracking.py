@@ -294,7 +294,7 @@ def log_split(data: DataConfig, fingerprint: str, sizes: dict[str, dict[str, int
     with warnings.catch_warnings():  # MLflow's hint that integer columns cannot hold missing values
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_pandas(table, source=MITDB_SOURCE, name=split_name(data), digest=fingerprint)
-    mlflow.log_input(dataset, context="training", tags={"fold": str(data.fold), "split_seed": str(data.split_seed)})
+        mlflow.log_input(dataset, context="training", tags={"fold": str(data.fold), "split_seed": str(data.split_seed)})
 
 
 def log_report(run_id: str, folder: Path) -> None:
