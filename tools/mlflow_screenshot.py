@@ -2,8 +2,10 @@
 
     python tools/mlflow_screenshot.py headline docs/img/mlflow_runs.png          # a study's runs table
     python tools/mlflow_screenshot.py --run RUN_ID docs/img/mlflow_run_page.png  # a run's beat grid
+    python tools/mlflow_screenshot.py --demo docs/img/mlflow_run_page.png        # the README's run page
 
-both with `make ui` running. The UI keeps its view (columns shown, expanded parent runs, sort) in
+the first two with `make ui` running; ``--demo`` trains a small fold-2 student of the committed
+fold-2 teacher in a scratch store (a few minutes on 2 cores) and serves its own UI. The UI keeps its view (columns shown, expanded parent runs, sort) in
 the browser's localStorage; for a runs table this script sets that view (trial names with test AUC
 / AP / F1 and best validation AUC, the study's parent run expanded, best test AUC first) and
 reloads. A run's figures (``figures/*.html``, drawn in a sandboxed frame of the artifact view)
@@ -15,16 +17,22 @@ package `chromium`.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import select
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import plotly
+from PIL import Image  # with matplotlib, which MLflow requires
 
 from ablation import tracking
 
@@ -119,7 +127,9 @@ class Browser:
         return [f for f in states if f["svgs"]]
 
     def screenshot(self, out: str | Path) -> None:
-        Path(out).write_bytes(base64.b64decode(self.page("Page.captureScreenshot", format="png")["data"]))
+        """The page as a PNG of at most 256 colours (a UI screenshot loses nothing visible; a third of the size)."""
+        shot = Image.open(io.BytesIO(base64.b64decode(self.page("Page.captureScreenshot", format="png")["data"])))
+        shot.convert("RGB").quantize(256).save(out, optimize=True)
 
     def close(self) -> None:
         self.proc.kill()
@@ -188,9 +198,51 @@ def run_page(run_id: str, out: str, artifact: str = f"{tracking.FIGURES}/beats.h
     print(f"wrote {out} ({artifact_link(run_id, artifact, base)})")
 
 
+@contextmanager
+def ui_server(store_uri: str, timeout: float = 180):
+    """`mlflow ui` on a free port of 127.0.0.1 serving `store_uri`; yields its base address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"mlflow ui on {base} did not start (exit {proc.poll()})")
+                time.sleep(1)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+        proc.wait(timeout=30)
+
+
+def demo(out: str) -> None:
+    """The README's run page: a `recon` KD student (ndf 8, 2 epochs on 16,384 beats) of fold 2's
+    committed teacher, trained in a scratch store, its beat grid through that store's UI."""
+    from ablation.config import RunConfig, from_dict
+    from ablation.run import execute
+    cfg = from_dict(RunConfig, {"role": "student", "data": {"fold": 2, "train_subset": 16384, "val_subset": 2000},
+                                "model": {"ndf": 8, "ngf": 8}, "train": {"epochs": 2},
+                                "distill": {"kd": {"kind": "recon", "weight": 1.0}}}, src="demo")
+    with tracking.scratch_store():
+        run_id = execute(cfg).run_id
+        with ui_server(tracking.current_uri()) as base:
+            run_page(run_id, out, base=base)
+
+
 if __name__ == "__main__":
     tracking.setup()
     if sys.argv[1] == "--run":
         run_page(*sys.argv[2:4])
+    elif sys.argv[1] == "--demo":
+        demo(sys.argv[2])
     else:
         runs_table(*sys.argv[1:3])

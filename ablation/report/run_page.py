@@ -129,8 +129,8 @@ def score_distribution(score: np.ndarray, cls: np.ndarray, threshold: float) -> 
 
 
 def _beat_title(v: BeatViews, i: int) -> str:
-    text = f"{CLASSES[v.cls[i]]}, test beat {v.index[i]}<br>MSE {v.score[i]:.3g}"
-    return text + (f", teacher {v.teacher_score[i]:.3g}" if v.teacher_score is not None else "")
+    text = f"{CLASSES[v.cls[i]]}, test beat {v.index[i]}<br>MSE {v.score[i]:.2g}"
+    return text + (f", teacher {v.teacher_score[i]:.2g}" if v.teacher_score is not None else "")
 
 
 def beat_grid(v: BeatViews) -> go.Figure:
@@ -165,5 +165,5 @@ def beat_grid(v: BeatViews) -> go.Figure:
     _layout(fig, f"Fixed test beats of the fold (lead 0), {who} reconstructions, residuals below",
             300 * per_class + 160, legend={"orientation": "h", "x": 0, "y": -60 / (300 * per_class), "yanchor": "top"})
     fig.update_layout(margin={"t": 100, "b": 110})
-    fig.update_annotations(font_size=11)
+    fig.update_annotations(font_size=10)
     return fig
