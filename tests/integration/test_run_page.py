@@ -1,6 +1,7 @@
 """A run's MLflow page (synthetic beats, tiny models): its figures, its split as a dataset input,
 the same beats in every run of a fold, the teacher's reconstructions on a student's page, a study's
-report on its parent run, and the page in the MLflow UI in headless Chromium.
+report on its parent run, and the page in the MLflow UI in headless Chromium (figures drawn, the
+split listed among the run's datasets).
 
 The browser test starts ``mlflow ui`` on 127.0.0.1 on this session's store and needs the Debian
 package `chromium`: skipped where it is absent, except under CI (env var CI set), where its
@@ -10,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -115,14 +117,27 @@ def mlflow_ui(tracking_store, chromium) -> str:
         yield base
 
 
-def test_the_run_page_draws_the_figures_in_a_browser(students, mlflow_ui, tmp_path):
+def overview_text(browser, run_id: str, base: str, expect: str, timeout: float = 60) -> str:
+    """The text of a run's overview page in the UI once `expect` shows (or after `timeout` seconds)."""
+    exp = tracking.get_run(run_id).info.experiment_id
+    browser.page("Page.navigate", url=f"{base}/#/experiments/{exp}/runs/{run_id}")
+    end = time.time() + timeout
+    while expect not in (text := browser.js("document.body.innerText") or "") and time.time() < end:
+        browser.wait(1)
+    return text
+
+
+def test_the_run_page_draws_the_figures_in_a_browser(mlflow_ui, students, tmp_path):  # skips before training
+    run = tracking.get_run(students[0])
     browser = mlflow_screenshot.Browser(1400, 1100)
     try:
         (grid,) = mlflow_screenshot.open_artifact(browser, students[0], "figures/beats.html", mlflow_ui)
         (roc,) = mlflow_screenshot.open_artifact(browser, students[0], "figures/roc.html", mlflow_ui)
         browser.screenshot(tmp_path / "roc.png")
+        overview = overview_text(browser, students[0], mlflow_ui, "mitdb-beatgan")
     finally:
         browser.close()
+    assert f"mitdb-beatgan-fold0-seed0-train256-val200 ({run.data.tags['data_fingerprint']})" in overview
     assert grid["svgs"] and grid["traces"] == 10 * 5  # 10 beats: the beat, 2 reconstructions, 2 residuals
     assert {"beat", "this run", "teacher", "residual, teacher"} <= set(grid["legend"])
     assert roc["title"].startswith("ROC curve on test") and any("AUC" in t for t in roc["legend"])
