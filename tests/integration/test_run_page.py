@@ -1,7 +1,7 @@
 """A run's MLflow page (synthetic beats, tiny models): its figures, its split as a dataset input,
 the same beats in every run of a fold, the teacher's reconstructions on a student's page, a study's
-report on its parent run, and the page in the MLflow UI in headless Chromium (figures drawn, the
-split listed among the run's datasets).
+report on its parent run, and both in the MLflow UI in headless Chromium (the run's figures drawn,
+its split listed among its datasets, the report drawn on the parent run's page).
 
 The browser test starts ``mlflow ui`` on 127.0.0.1 on this session's store and needs the Debian
 package `chromium`: skipped where it is absent, except under CI (env var CI set), where its
@@ -88,15 +88,20 @@ def test_a_students_grid_shows_its_teacher_and_a_teachers_does_not(students, tea
     assert '"name":"teacher"' not in figure_html(teacher, "beats.html")
 
 
-def test_a_studys_parent_run_carries_its_report(tracking_store, tmp_path):
+@pytest.fixture(scope="module")
+def study_parent(tracking_store, tmp_path_factory) -> str:
+    """The parent run of a tiny study (2 variants, 1 seed) run to its end."""
     from support.report_samples import run_tiny_study
-    run_tiny_study(tmp_path, "page_study", seeds=(0,))
+    run_tiny_study(tmp_path_factory.mktemp("page_study"), "page_study", seeds=(0,))
     (parent,) = tracking.search("page_study", "tags.study_parent != ''")
-    names = {Path(a.path).name for a in MlflowClient().list_artifacts(parent.info.run_id, "report")}
+    return parent.info.run_id
+
+
+def test_a_studys_parent_run_carries_its_report(study_parent):
+    names = {Path(a.path).name for a in MlflowClient().list_artifacts(study_parent, "report")}
     assert names == {"page_study.html", "page_study.csv", "page_study.md"}
-    page = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
-                                                             artifact_path="report/page_study.html")).read_text()
-    assert "<h1>" in page and "kd_score_kl" in page
+    page = Path(mlflow.artifacts.download_artifacts(run_id=study_parent, artifact_path="report/page_study.html"))
+    assert "<h1>" in page.read_text() and "kd_score_kl" in page.read_text()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,7 +132,7 @@ def overview_text(browser, run_id: str, base: str, expect: str, timeout: float =
     return text
 
 
-def test_the_run_page_draws_the_figures_in_a_browser(mlflow_ui, students, tmp_path):  # skips before training
+def test_the_run_page_draws_the_figures_in_a_browser(mlflow_ui, students, study_parent, tmp_path):  # skips first
     run = tracking.get_run(students[0])
     browser = mlflow_screenshot.Browser(1400, 1100)
     try:
@@ -135,8 +140,10 @@ def test_the_run_page_draws_the_figures_in_a_browser(mlflow_ui, students, tmp_pa
         (roc,) = mlflow_screenshot.open_artifact(browser, students[0], "figures/roc.html", mlflow_ui)
         browser.screenshot(tmp_path / "roc.png")
         overview = overview_text(browser, students[0], mlflow_ui, "mitdb-beatgan")
+        report = mlflow_screenshot.open_artifact(browser, study_parent, "report/page_study.html", mlflow_ui)
     finally:
         browser.close()
+    assert report and report[0]["title"].startswith("test AUC per variant")  # the report's first figure, offline
     assert f"mitdb-beatgan-fold0-seed0-train256-val200 ({run.data.tags['data_fingerprint']})" in overview
     assert grid["svgs"] and grid["traces"] == 10 * 5  # 10 beats: the beat, 2 reconstructions, 2 residuals
     assert {"beat", "this run", "teacher", "residual, teacher"} <= set(grid["legend"])
