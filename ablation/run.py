@@ -12,7 +12,7 @@ import torch
 
 from ablation import numerics, teachers, tracking
 from ablation.config import RunConfig, config_hash, run_identity
-from ablation.data.dataset import DataBundle, load_data
+from ablation.data.dataset import DataBundle, EvalSet, load_data
 from ablation.data.mitdb import Beats
 from ablation.models import family
 from ablation.models.beatgan import BeatGAN
@@ -107,6 +107,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
     tags["params_G"], tags["params_D"] = (str(v) for v in student.n_params().values())
 
     with tracking.training_run(experiment, cfg, tags, parent_run_id, run_name or f"{cfg.role}-{key[:8]}") as run_id:
+        tracking.log_split(cfg.data, data.fingerprint, data.sizes, data.test is not None)
         if terms is not None and (fitted := terms.prepare_report()):
             tracking.log_metrics({f"prepare.{k}": v for k, v in fitted.items()})
 
@@ -122,7 +123,28 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
                               **{f"test_{k}": v for k, v in result.test.items()},
                               **{f"best_val_{k}": v for k, v in result.val.items() if k in ("auc", "ap", "f1")}})
         tracking.log_outputs(cfg, result.state, result.test_scores, data.test, result.snapshots)
+        if data.test is not None:
+            tracking.log_figures(run_figures(result, data.test, student, teacher))
         return Outcome(run_id, result)
+
+
+def run_figures(result: Result, test: EvalSet, model: BeatGAN, teacher: BeatGAN | None) -> dict:
+    """The run page's figures (`ablation.report.run_page`): ROC, PR and per-class scores of the
+    test scores at the run's F1-best threshold, and the fixed test beats through `model` (and `teacher`)."""
+    from ablation.report import run_page
+    from ablation.train.evaluate import reconstruct
+    threshold = result.test["f1_threshold"]
+    idx = run_page.pick_beats(test.cls)
+    x = test.x[idx].to(next(model.G.parameters()).device)
+    recon, score = reconstruct(model.G, x)
+    views = run_page.BeatViews(idx, test.cls[idx], x[:, 0].cpu().numpy(), recon[:, 0], score)
+    if teacher is not None:
+        t_recon, views.teacher_score = reconstruct(teacher.G, x)
+        views.teacher_recon = t_recon[:, 0]
+    return {"roc": run_page.roc_figure(test.y, result.test_scores, threshold),
+            "pr": run_page.pr_figure(test.y, result.test_scores, threshold),
+            "scores_per_class": run_page.score_distribution(result.test_scores, test.cls, threshold),
+            "beats": run_page.beat_grid(views)}
 
 
 def score_file(model_ref: str, path: str, device: torch.device, batch_size: int = 4096) -> np.ndarray:

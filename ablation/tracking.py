@@ -10,6 +10,7 @@ import fcntl
 import os
 import subprocess
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,12 +22,15 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ablation.config import RunConfig, flatten, from_dict
+from ablation.config import DataConfig, RunConfig, flatten, from_dict
 from ablation.paths import PROJECT_ROOT, RUNS
 
 CHECKPOINT = "checkpoint/model.pt"
 SCORES = "scores/test_scores.csv"
 SNAPSHOT = "snapshot-{i}.pt"  # beside CHECKPOINT, one per kept check (train.snapshots)
+FIGURES = "figures"  # the run page's Plotly figures, one .html each
+REPORT = "report"  # a study's report page on its parent run
+MITDB_SOURCE = "https://physionet.org/content/mitdb/1.0.0/"
 PROBE_TIMEOUT_S = 5
 UI_BASE = "http://127.0.0.1:5000"  # `make ui`
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -263,6 +267,39 @@ def log_outputs(cfg: RunConfig, state: dict, test_scores: np.ndarray, test, snap
             table = Path(tmp) / Path(SCORES).name
             pd.DataFrame({"score": test_scores, "label": test.y, "cls": test.cls}).to_csv(table, index=False)
             mlflow.log_artifact(str(table), Path(SCORES).parent.as_posix())
+
+
+def log_figures(figures: dict) -> None:
+    """Plotly figures of the active run as ``figures/<name>.html`` (the UI's artifact view draws
+    them). Each page loads plotly.js from its CDN, as MLflow does by default: a few kB per figure
+    instead of 4.8 MB, so the browser viewing the UI needs the internet."""
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"{FIGURES}/{name}.html", save_kwargs={"include_plotlyjs": "cdn"})
+
+
+def split_name(data: DataConfig) -> str:
+    """The name of a run's split as a dataset: protocol, fold or inter-patient, seed, CPU-scale caps."""
+    parts = ["mitdb", data.split] + ([f"fold{data.fold}"] if data.split == "beatgan" else [])
+    parts += [f"seed{data.split_seed}"] + [f"{k}{v}" for k, v in (("train", data.train_subset),
+                                                                  ("val", data.val_subset)) if v is not None]
+    return "-".join(parts)
+
+
+def log_split(data: DataConfig, fingerprint: str, sizes: dict[str, dict[str, int]], with_test: bool) -> None:
+    """The active run's split as an MLflow dataset input: a table of beats per (split, class) from
+    `sizes` ({split: {class: n}}; no test rows without a test set), named by `split_name`, its
+    digest the records' fingerprint (`ablation.data.mitdb.fingerprint`)."""
+    rows = [(part, c, n) for part, counts in sizes.items() if with_test or part != "test" for c, n in counts.items()]
+    table = pd.DataFrame(rows, columns=["split", "class", "beats"])
+    with warnings.catch_warnings():  # MLflow's hint that integer columns cannot hold missing values
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(table, source=MITDB_SOURCE, name=split_name(data), digest=fingerprint)
+        mlflow.log_input(dataset, context="training", tags={"fold": str(data.fold), "split_seed": str(data.split_seed)})
+
+
+def log_report(run_id: str, folder: Path) -> None:
+    """A study's report files (HTML, CSV, Markdown) under ``report/`` of its parent run, replacing earlier ones."""
+    MlflowClient().log_artifacts(run_id, str(folder), REPORT)
 
 
 def load_checkpoint(ref: str, device: str | torch.device = "cpu"):

@@ -198,7 +198,8 @@ def parallel_axes(runs: pd.DataFrame, metric: str = "test_auc") -> go.Figure:
     return fig
 
 
-def _thin(*arrays: np.ndarray, n: int = MAX_CURVE_POINTS) -> tuple[np.ndarray, ...]:
+def thin(*arrays: np.ndarray, n: int = MAX_CURVE_POINTS) -> tuple[np.ndarray, ...]:
+    """At most `n` evenly spaced points of equally long curves (m,) each, both ends kept."""
     m = len(arrays[0])
     if m <= n:
         return arrays
@@ -222,7 +223,7 @@ def roc_curves(curves: Sequence[ScoreSet], colors: dict[str, str]) -> go.Figure:
     for s in curves:
         y, score = s.scores["label"].to_numpy(), s.scores["score"].to_numpy()
         fpr, tpr, _ = roc_curve(y, score)
-        fpr, tpr = _thin(fpr, tpr)
+        fpr, tpr = thin(fpr, tpr)
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{s.label}: AUC {roc_auc_score(y, score):.3f}",
                                  line=_curve_style(s, colors),
                                  hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<extra>" + s.label + "</extra>"))
@@ -241,7 +242,7 @@ def pr_curves(curves: Sequence[ScoreSet], colors: dict[str, str]) -> go.Figure:
     for s in curves:
         y, score = s.scores["label"].to_numpy(), s.scores["score"].to_numpy()
         precision, recall, _ = precision_recall_curve(y, score)
-        recall, precision = _thin(recall, precision)
+        recall, precision = thin(recall, precision)
         prevalence = float(np.mean(y)) if prevalence is None else prevalence
         fig.add_trace(go.Scatter(x=recall, y=precision, mode="lines",
                                  name=f"{s.label}: AP {average_precision_score(y, score):.3f}",

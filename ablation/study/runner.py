@@ -183,6 +183,12 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     more = spec.part or spec.stage == "screen"
     tracking.set_status(parent, ("SCHEDULED" if more else "FINISHED") if complete else "FAILED")
     table = summary(spec)
+    if table["status"].str.startswith("FINISHED").any():
+        try:
+            attach_report(spec, parent)
+        except Exception as e:  # the trials are done and kept: a report that cannot be drawn says why
+            print(f"warning: study {spec.name}: its report was not attached to the parent run "
+                  f"({type(e).__name__}: {e})", file=sys.stderr)
     print(table.to_string(index=False), flush=True)
     for line in teacher_lines(spec, beats.fingerprint):
         print(line, flush=True)
@@ -198,6 +204,16 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
                             None if own_beats else beats, progress)
         return pd.concat([table.assign(stage="screen"), confirm.assign(stage="confirm")], ignore_index=True)
     return table
+
+
+def attach_report(spec: StudySpec, parent: str) -> None:
+    """The study's report page (`make report`'s HTML, CSV and Markdown of its finished runs at
+    this scale) under ``report/`` of its parent run, replacing the previous one."""
+    from ablation.report.aggregate import collect
+    from ablation.report.page import write_report
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(collect(spec.name, scale=spec.scale), Path(tmp))
+        tracking.log_report(parent, Path(tmp))
 
 
 class StudyIncomplete(ValueError):

@@ -19,6 +19,16 @@ def scores(G: Generator, x: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
     return torch.cat(out).float().cpu().numpy()
 
 
+@torch.no_grad()
+def reconstruct(G: Generator, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Reconstructions (n, nc, 320) and anomaly scores (n,) of beats x (n, nc, 320) in eval mode (a few beats)."""
+    was_training = G.training
+    G.eval()
+    recon = G(x)[0]
+    G.train(was_training)
+    return recon.float().cpu().numpy(), anomaly_score(x, recon).float().cpu().numpy()
+
+
 def best_f1(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     """The highest F1 over all thresholds, and the threshold that gives it (score >= threshold)."""
     precision, recall, thresholds = precision_recall_curve(y, s)
