@@ -8,11 +8,14 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 
+from ablation import __version__
 from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
+from ablation.errors import REPORT_TO, BadInput, NotFound, UserError
 from ablation.paths import DASHBOARDS, merge_csv
 
 
@@ -243,11 +246,11 @@ def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device,
     refs = [(f"{r}:{i}", p) for r in runs for i, p in enumerate(tracking.snapshot_refs(r))] \
         if snapshots else [(r, r) for r in runs]
     if not refs:
-        raise ValueError(f"none of {' '.join(runs)} kept snapshots (train.snapshots > 1)")
+        raise BadInput(f"none of {' '.join(runs)} kept snapshots (train.snapshots > 1)")
     loaded = [(name, *tracking.load_checkpoint(p, device)) for name, p in refs]
     folds = {(c.data.fold, c.data.split, c.data.nc) for _, c, _ in loaded}
     if len(folds) > 1:
-        raise ValueError(f"ensemble members must share one fold, split and nc; got {sorted(folds)}")
+        raise BadInput(f"ensemble members must share one fold, split and nc; got {sorted(folds)}")
     key = repr(loaded[0][1].data)
     if key not in splits:
         splits[key] = load_data(loaded[0][1].data, mitdb, progress=False)
@@ -452,14 +455,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: 0 when it succeeds, 2 with one line for a `UserError`, 130 with one line
+    on Ctrl-C (the runs it had open are closed KILLED on the way out), 1 with the traceback and
+    where to report it for anything else: that is a defect of the platform."""
     args = build_parser().parse_args(argv)
     # SIGTERM ends a run like SIGINT: the MLflow run is closed KILLED with its reason, not left RUNNING
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, LookupError, ValueError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): the runs in progress are closed KILLED; a rerun resumes", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"ablation {__version__}: this is a defect of the platform, not of your input: please report it, "
+              f"with the traceback above, in {REPORT_TO}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,8 +19,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from ablation.errors import BadInput
 
-class ConfigError(ValueError):
+
+class ConfigError(BadInput):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 

@@ -14,6 +14,7 @@ from ablation import numerics, teachers, tracking
 from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, load_data
 from ablation.data.mitdb import Beats
+from ablation.errors import BadInput, NotFound, StoreError
 from ablation.models.beatgan import BeatGAN
 from ablation.models.ensemble import ensemble
 from ablation.train.loop import Result, pick_device, train
@@ -60,7 +61,7 @@ def ensure_teacher(cfg: RunConfig, data: DataBundle, device: torch.device, progr
             try:
                 tcfg, state = tracking.load_checkpoint(run_id, device)
                 return run_id, load_model(tcfg, state, device)
-            except (tracking.StoreError, FileNotFoundError) as e:
+            except (StoreError, NotFound) as e:
                 print(f"warning: {e}; training the teacher again", file=sys.stderr)
                 tracking.retire(run_id, str(e))
         run_id = execute(cfg, data=data, device=device, experiment=TEACHER_EXPERIMENT, progress=progress).run_id
@@ -129,21 +130,21 @@ def score_file(model_ref: str, path: str, device: torch.device, batch_size: int 
     from ablation.train.evaluate import scores
     cfg, state = tracking.load_checkpoint(model_ref, device)
     if cfg.train.score_feat_weight is not None:
-        raise ValueError(f"{model_ref}: its score is standardised on its validation set "
+        raise BadInput(f"{model_ref}: its score is standardised on its validation set "
                          f"(train.score_feat_weight); `score` serves reconstruction-scored models")
     try:
         beats = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a numpy .npy array of beats ({' '.join(str(e).split())[:120]})") from e
+        raise BadInput(f"{path}: not a numpy .npy array of beats ({' '.join(str(e).split())[:120]})") from e
     nc = cfg.data.nc
     if not isinstance(beats, np.ndarray) or beats.ndim != 3 or beats.shape[2] != 320 or beats.shape[1] < nc:
-        raise ValueError(f"{path}: expected raw beats shaped (n, channels>={nc}, 320), "
+        raise BadInput(f"{path}: expected raw beats shaped (n, channels>={nc}, 320), "
                          f"got {getattr(beats, 'shape', type(beats).__name__)}")
     if not np.issubdtype(beats.dtype, np.number):
-        raise ValueError(f"{path}: beats must be numbers, got dtype {beats.dtype}")
+        raise BadInput(f"{path}: beats must be numbers, got dtype {beats.dtype}")
     bad = ~np.isfinite(beats[:, :nc]).all(axis=(1, 2))
     if bad.any():
-        raise ValueError(f"{path}: {int(bad.sum())} of {len(beats)} beats hold NaN or inf "
+        raise BadInput(f"{path}: {int(bad.sum())} of {len(beats)} beats hold NaN or inf "
                          f"(first: beat {int(np.flatnonzero(bad)[0])}); remove or repair them")
     x = torch.from_numpy(minmax(beats[:, :nc].astype(np.float64))).to(device)
     return scores(load_model(cfg, state, device).G, x, batch_size)

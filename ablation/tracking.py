@@ -22,6 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ablation.config import RunConfig, flatten, from_dict
+from ablation.errors import NotFound, StoreError
 from ablation.paths import PROJECT_ROOT, RUNS
 
 CHECKPOINT = "checkpoint/model.pt"
@@ -30,10 +31,6 @@ SNAPSHOT = "snapshot-{i}.pt"  # beside CHECKPOINT, one per kept check (train.sna
 PROBE_TIMEOUT_S = 5
 UI_BASE = "http://127.0.0.1:5000"  # `make ui`
 EXPERIMENT_KIND = "mlflow.experimentKind"
-
-
-class StoreError(ValueError):
-    """The tracking store or a stored artifact cannot be used; the message names it and how to recover."""
 
 
 def _probe_server(uri: str) -> None:
@@ -273,7 +270,7 @@ def load_checkpoint(ref: str, device: str | torch.device = "cpu"):
         try:
             path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT))
         except Exception as e:
-            raise FileNotFoundError(f"{ref!r} is neither a checkpoint file nor an MLflow run with "
+            raise NotFound(f"{ref!r} is neither a checkpoint file nor an MLflow run with "
                                     f"{CHECKPOINT} ({type(e).__name__}: {e})") from e
     try:
         blob = torch.load(path, map_location=device, weights_only=True)

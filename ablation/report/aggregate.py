@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from ablation import tracking
+from ablation.errors import BadInput, NotFound
 
 METRICS = ("test_auc", "test_ap", "test_f1")
 METRIC_LABELS = {"test_auc": "test AUC", "test_ap": "test AP", "test_f1": "best test F1"}
@@ -155,7 +156,7 @@ def resolve_baseline(variants: Sequence[str], baseline: str | None) -> str:
     matches = [v for v in variants if v.split("/")[0] == baseline]
     if len(matches) == 1:
         return matches[0]
-    raise ValueError(f"baseline {baseline!r} is not a variant of this study; variants: {', '.join(variants)}")
+    raise BadInput(f"baseline {baseline!r} is not a variant of this study; variants: {', '.join(variants)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -601,7 +602,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     raw = runs_frame(tracking.search(study, "tags.trial_key != ''")) if exp is not None else pd.DataFrame()
     if raw.empty and committed.empty:
         where = f"no MLflow experiment {study!r}" if exp is None else f"experiment {study!r} has no study runs"
-        raise LookupError(f"{where} in {uri} and no {results.results_path(study)}; "
+        raise NotFound(f"{where} in {uri} and no {results.results_path(study)}; "
                           f"run `python -m ablation study {study}` first")
     raw = _with_committed(raw, committed)
     notes: list[str] = []
@@ -618,7 +619,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
                      + "); pass scale= to report one of them")
     runs, counts = keep_latest(raw[scales == scale])
     if runs.empty:
-        raise LookupError(f"study {study!r} (scale {scale}) has no FINISHED runs in {uri}")
+        raise NotFound(f"study {study!r} (scale {scale}) has no FINISHED runs in {uri}")
     if counts["not_finished"]:
         notes.append(f"left out: {counts['not_finished']} runs not FINISHED (failed, killed or running)")
     if counts["repeated"]:

@@ -22,6 +22,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import get_lock_file
 from optuna.trial import TrialState
 
+from ablation.errors import StoreError
 from ablation.paths import RUNS
 
 HEARTBEAT_S = 30
@@ -61,7 +62,7 @@ def open_storage(url: str | None = None):
         try:
             return JournalStorage(JournalFileBackend(str(path)))
         except (ValueError, KeyError) as e:  # json errors are ValueErrors
-            raise ValueError(f"{path}: the trial queue's journal is damaged ({e}); move it aside (finished "
+            raise StoreError(f"{path}: the trial queue's journal is damaged ({e}); move it aside (finished "
                              f"trials are kept in MLflow and results/, and are queued again as needed)") from e
     if url.startswith("sqlite:"):
         return RDBStorage(url)

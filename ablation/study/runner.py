@@ -23,9 +23,10 @@ import yaml
 from optuna.trial import TrialState
 
 from ablation import tracking
-from ablation.config import RunConfig
+from ablation.config import ConfigError, RunConfig
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats, Protocol, load_beats
+from ablation.errors import UserError
 from ablation.paths import RUNS
 from ablation.run import TEACHER_EXPERIMENT, ensure_teacher, execute, run_key
 from ablation.study import queue, results
@@ -93,7 +94,7 @@ def study_beats(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beat
         return beats
     protocols = {Protocol(t.config.data.rpeak_check, t.config.data.rpeak_detector) for t in spec.trials}
     if len(protocols) > 1:
-        raise ValueError(f"{spec.path}: all trials of a study must share the data protocol (rpeak settings)")
+        raise ConfigError(f"{spec.path}: all trials of a study must share the data protocol (rpeak settings)")
     return load_beats(protocols.pop(), mitdb)
 
 
@@ -180,7 +181,7 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     return table
 
 
-class StudyIncomplete(ValueError):
+class StudyIncomplete(UserError):
     """Some trials of a study failed; the others finished (the CLI exits non-zero)."""
 
 

@@ -31,6 +31,7 @@ from ablation import tracking
 from ablation.config import ConfigError, Range, RunConfig, from_dict, set_dotted
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats
+from ablation.errors import NotFound
 from ablation.paths import DASHBOARDS
 from ablation.run import execute
 from ablation.study import queue, search_table
@@ -363,7 +364,7 @@ def tune(spec: StudySpec, storage: str | None, search: bool = True, confirm: boo
         return
     study = open_search(spec, parse_search(spec), storage)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise LookupError(f"no finished trial of the search {tune_name(spec)!r} (Optuna storage or "
+        raise NotFound(f"no finished trial of the search {tune_name(spec)!r} (Optuna storage or "
                           f"{search_table.table_path(spec.name)}) to confirm; run `python -m ablation tune {spec.name}` first")
     conf = confirm_spec(spec, study, list(folds), list(seeds))
     run_study(conf, storage_url=storage, mitdb=mitdb, device=device)
