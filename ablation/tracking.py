@@ -144,7 +144,7 @@ def find_finished(exp_name: str, run_key: str) -> str | None:
     exp = client.get_experiment_by_name(exp_name)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'",
+    runs = client.search_runs([exp.experiment_id], _where(_is("tags.run_key", run_key), "attributes.status = 'FINISHED'"),
                               max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
 
@@ -161,7 +161,7 @@ def experiment(name: str):
     return MlflowClient().get_experiment_by_name(name)
 
 
-def search(experiment_name: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
+def _search(experiment_name: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
     """Every run of the experiment matching `filter_string` (all pages); [] when it does not exist."""
     exp = experiment(experiment_name)
     if exp is None:
@@ -174,6 +174,45 @@ def search(experiment_name: str, filter_string: str = "", order_by: list[str] | 
         token = page.token
         if not token:
             return out
+
+
+# MLflow's query language stays in this module: the rest of the project asks for runs by what they are.
+def _where(*clauses: str) -> str:
+    """The clauses that are not empty, joined into one MLflow filter string."""
+    return " and ".join(c for c in clauses if c)
+
+
+def _is(field: str, value: str | None) -> str:
+    """``field = 'value'`` (empty when `value` is None); double quotes around a value holding a quote."""
+    if value is None:
+        return ""
+    quote = '"' if "'" in str(value) else "'"
+    return f"{field} = {quote}{value}{quote}"
+
+
+def runs_of(experiment_name: str) -> list:
+    """Every run of the experiment (teachers, parents, trials, searches); [] when it does not exist."""
+    return _search(experiment_name)
+
+
+def trial_runs(study: str, status: str | None = None, key: str | None = None) -> list:
+    """The study's trial runs (tagged with a trial key), only those with `status` (FINISHED, RUNNING
+    ...) and of trial `key` when given."""
+    return _search(study, _where(_is("attributes.status", status), "tags.trial_key != ''",
+                                 _is("tags.trial_key", key)))
+
+
+def parent_runs(study: str, tag: str | None = None) -> list:
+    """The study's parent runs (one per scale), only the one tagged `tag` (``study@scale``) when given."""
+    return _search(study, _is("tags.study_parent", tag) or "tags.study_parent != ''")
+
+
+def search_runs(study: str, trial_number: int | None = None) -> list:
+    """The runs of a study's Optuna search (tagged ``search``), newest first, only those of Optuna
+    trial `trial_number` when given."""
+    number = None if trial_number is None else str(trial_number)
+    return _search(study, _where("tags.search = '1'", _is("tags.optuna_trial", number)),
+                   order_by=["attributes.start_time DESC"])
 
 
 def get_run(run_id: str):

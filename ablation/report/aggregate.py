@@ -599,7 +599,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     exp = tracking.experiment(study)
     uri = tracking.current_uri()
     committed = results.load(study)
-    raw = runs_frame(tracking.search(study, "tags.trial_key != ''")) if exp is not None else pd.DataFrame()
+    raw = runs_frame(tracking.trial_runs(study)) if exp is not None else pd.DataFrame()
     if raw.empty and committed.empty:
         where = f"no MLflow experiment {study!r}" if exp is None else f"experiment {study!r} has no study runs"
         raise NotFound(f"{where} in {uri} and no {results.results_path(study)}; "
@@ -632,7 +632,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     runs = pd.concat([attach_teachers(tracked, teachers), runs[runs["source"] != "mlflow"]], ignore_index=True)
     summary = summarize(runs, baseline)
     base = summary.attrs["baseline"]
-    parents = tracking.search(study, "tags.study_parent != ''")
+    parents = tracking.parent_runs(study)
     parents = [p for p in parents if p.data.tags.get("scale") in (scale, None)] or parents
     description = parents[0].data.tags.get("mlflow.note.content", "") if parents else ""
     data = ReportData(study=study, runs=runs, summary=summary, baseline=base,

@@ -49,7 +49,7 @@ def queue_name(spec: StudySpec) -> str:
 def finished_keys(spec: StudySpec) -> set[str]:
     """Trial keys with a FINISHED run in MLflow or a row in the committed results table."""
     mlflow_keys = {r.data.tags["trial_key"]
-                   for r in tracking.search(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")}
+                   for r in tracking.trial_runs(spec.name, "FINISHED")}
     return mlflow_keys | results.finished_keys(spec.name, spec.scale)
 
 
@@ -57,7 +57,7 @@ def export_results(spec: StudySpec) -> None:
     """Rewrite ``results/<study>.csv`` from MLflow's finished runs of the study (rows of other
     machines kept): the per-run table that is committed."""
     from ablation.report.aggregate import attach_teachers, fetch_teachers, keep_latest, runs_frame
-    runs, _ = keep_latest(runs_frame(tracking.search(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")))
+    runs, _ = keep_latest(runs_frame(tracking.trial_runs(spec.name, "FINISHED")))
     if runs.empty:
         return
     results.write(spec.name, attach_teachers(runs, fetch_teachers(runs)))
@@ -66,7 +66,7 @@ def export_results(spec: StudySpec) -> None:
 def parent_run(spec: StudySpec) -> str:
     """The study's parent run, created on the first run and reused on every rerun."""
     tag = study_tag(spec)
-    found = tracking.search(spec.name, f"tags.study_parent = '{tag}'")
+    found = tracking.parent_runs(spec.name, tag)
     if found:
         return found[0].info.run_id
     return tracking.create_run(spec.name, f"study {tag}",
@@ -217,7 +217,7 @@ def _claim(study) -> tuple[object, str] | None:
 
 def _kill_stale_runs(spec: StudySpec, key: str) -> None:
     """A RUNNING MLflow run of a trial we now hold belonged to a worker that died."""
-    for r in tracking.search(spec.name, f"attributes.status = 'RUNNING' and tags.trial_key = '{key}'"):
+    for r in tracking.trial_runs(spec.name, "RUNNING", key):
         tracking.set_status(r.info.run_id, "KILLED")
 
 
@@ -269,7 +269,7 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
 def summary(spec: StudySpec) -> pd.DataFrame:
     """One row per trial of the study file: its latest run's status and metrics."""
     latest: dict[str, object] = {}
-    for r in sorted(tracking.search(spec.name, "tags.trial_key != ''"), key=lambda r: r.info.start_time):
+    for r in sorted(tracking.trial_runs(spec.name), key=lambda r: r.info.start_time):
         k = r.data.tags["trial_key"]
         if k not in latest or latest[k].info.status != "FINISHED":
             latest[k] = r

@@ -315,8 +315,7 @@ def _dotted_get(d: dict, dotted: str) -> Any:
 
 def _mark_last(experiment: str, number: int, state: str) -> None:
     """Tag the MLflow run of Optuna trial `number` with its final Optuna state."""
-    runs = tracking.search(experiment, f"tags.search = '1' and tags.optuna_trial = '{number}'",
-                           order_by=["attributes.start_time DESC"])
+    runs = tracking.search_runs(experiment, number)
     if runs:
         tracking.set_tag(runs[0].info.run_id, "optuna_state", state)
 
@@ -326,7 +325,7 @@ def tag_best(study: optuna.Study, spec: StudySpec) -> None:
     if tracking.experiment(spec.name) is None or not study.get_trials(states=(TrialState.COMPLETE,)):
         return
     best = str(study.best_trial.number)
-    for r in tracking.search(spec.name, "tags.search = '1'"):
+    for r in tracking.search_runs(spec.name):
         tracking.set_tag(r.info.run_id, "best_trial", str(r.data.tags.get("optuna_trial") == best).lower())
 
 
