@@ -29,6 +29,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _output_file(option: str, path: str, suffix: str | None = None) -> Path:
+    """The file `option` names to write, checked before any work: not a folder, in a folder that
+    exists, ending in `suffix` when given."""
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{option} {p}: is a folder; name a file" + (f" ending in {suffix}" if suffix else ""))
+    if suffix and p.suffix != suffix:
+        raise BadInput(f"{option} {p}: must end in {suffix}")
+    if not p.parent.is_dir():
+        raise BadInput(f"{option} {p}: the folder {p.parent} does not exist; create it first")
+    return p
+
+
+def _output_folder(option: str, path: str) -> Path:
+    """The folder `option` names to write into (created when missing), refused when it is a file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"{option} {p}: is a file; the report needs a folder (it writes NAME.html, .csv and .md there)")
+    return p
+
+
 def _threads(n: int | None) -> None:
     import torch
     n = n or len(os.sched_getaffinity(0))
@@ -98,10 +119,11 @@ def cmd_score(args) -> None:
     from ablation import tracking
     from ablation.run import score_file
     from ablation.train.loop import pick_device
+    output = _output_file("--output", args.output, ".npy")
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
-    s = score_file(args.model, args.input, pick_device(args.device or "auto"), args.batch_size)
-    np.save(args.output, s)
+    s = score_file(args.model, args.input, pick_device(args.device or "auto"), args.batch_size, args.leads)
+    np.save(output, s)
     print(f"wrote {len(s)} scores to {args.output}")
 
 
@@ -306,9 +328,10 @@ def cmd_history(args) -> None:
     import pandas as pd
 
     from ablation import tracking
+    csv = _output_file("--csv", args.csv)
     tracking.setup(args.tracking_uri)
     table = pd.concat([tracking.history(r) for r in args.runs], ignore_index=True)
-    table.to_csv(args.csv, index=False, float_format="%.6g")
+    table.to_csv(csv, index=False, float_format="%.6g")
     print(f"wrote {len(table)} rows to {args.csv}")
 
 
@@ -316,8 +339,9 @@ def cmd_report(args) -> None:
     """Write dashboards/NAME.html (and .csv, .md): the study's runs compared, with statistics."""
     from ablation import tracking
     from ablation.report import build_report
+    out = _output_folder("--out", args.out)
     tracking.setup(args.tracking_uri)
-    path = build_report(args.name, Path(args.out), baseline=args.baseline, scale=args.scale)
+    path = build_report(args.name, out, baseline=args.baseline, scale=args.scale)
     print(f"wrote {path}, {path.with_suffix('.csv')} and {path.with_suffix('.md')}")
 
 
@@ -442,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="MLflow run id or checkpoint path")
     s.add_argument("--input", required=True, help=".npy of raw beats shaped (n, channels, 320)")
     s.add_argument("--output", required=True, help=".npy to write the (n,) scores to")
+    s.add_argument("--leads", type=_positive_int, help="score the first N leads of input with more leads than "
+                                                       "the model reads (N: the model's lead count)")
     s.add_argument("--batch-size", type=_positive_int, default=4096)
     s.set_defaults(func=cmd_score)
 

@@ -123,9 +123,11 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
         return Outcome(run_id, result)
 
 
-def score_file(model_ref: str, path: str, device: torch.device, batch_size: int = 4096) -> np.ndarray:
+def score_file(model_ref: str, path: str, device: torch.device, batch_size: int = 4096,
+               leads: int | None = None) -> np.ndarray:
     """Anomaly scores (n,) of the raw beats (n, channels, 320) in the .npy file `path`, min-max
-    normalised per beat as in training, with the model of `model_ref` (run id or checkpoint)."""
+    normalised per beat as in training, with the model of `model_ref` (run id or checkpoint). The
+    beats hold exactly the model's leads, or more when `leads` (the model's count) says to take the first."""
     from ablation.data.mitdb import minmax
     from ablation.train.evaluate import scores
     cfg, state = tracking.load_checkpoint(model_ref, device)
@@ -137,14 +139,25 @@ def score_file(model_ref: str, path: str, device: torch.device, batch_size: int 
     except (ValueError, OSError, EOFError) as e:
         raise BadInput(f"{path}: not a numpy .npy array of beats ({' '.join(str(e).split())[:120]})") from e
     nc = cfg.data.nc
-    if not isinstance(beats, np.ndarray) or beats.ndim != 3 or beats.shape[2] != 320 or beats.shape[1] < nc:
-        raise BadInput(f"{path}: expected raw beats shaped (n, channels>={nc}, 320), "
-                         f"got {getattr(beats, 'shape', type(beats).__name__)}")
-    if not np.issubdtype(beats.dtype, np.number):
-        raise BadInput(f"{path}: beats must be numbers, got dtype {beats.dtype}")
+    _check_beats(path, beats, nc, leads)
     bad = ~np.isfinite(beats[:, :nc]).all(axis=(1, 2))
     if bad.any():
         raise BadInput(f"{path}: {int(bad.sum())} of {len(beats)} beats hold NaN or inf "
                          f"(first: beat {int(np.flatnonzero(bad)[0])}); remove or repair them")
     x = torch.from_numpy(minmax(beats[:, :nc].astype(np.float64))).to(device)
     return scores(load_model(cfg, state, device).G, x, batch_size)
+
+
+def _check_beats(path: str, beats, nc: int, leads: int | None) -> None:
+    """Refuse input `score` would misread: not (n, channels, 320), not real numbers, or another lead
+    count than the model's `nc` (more leads only with `leads` == `nc`: the first ones are scored)."""
+    if not isinstance(beats, np.ndarray) or beats.ndim != 3 or beats.shape[2] != 320:
+        raise BadInput(f"{path}: expected raw beats shaped (n, {nc}, 320), "
+                       f"got {getattr(beats, 'shape', type(beats).__name__)}")
+    if not (np.issubdtype(beats.dtype, np.integer) or np.issubdtype(beats.dtype, np.floating)):
+        raise BadInput(f"{path}: beats must be real numbers, got dtype {beats.dtype}")
+    if leads is not None and leads != nc:
+        raise BadInput(f"--leads {leads}: the model reads {nc} lead(s); pass --leads {nc} or leave it out")
+    if beats.shape[1] < nc or (beats.shape[1] > nc and leads is None):
+        hint = f"; pass --leads {nc} to score the first {nc}" if beats.shape[1] > nc else ""
+        raise BadInput(f"{path}: {beats.shape[1]} leads per beat, and the model reads {nc}{hint}")

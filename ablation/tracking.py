@@ -22,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ablation.config import RunConfig, flatten, from_dict
-from ablation.errors import NotFound, StoreError
+from ablation.errors import BadInput, NotFound, StoreError
 from ablation.paths import PROJECT_ROOT, RUNS
 
 CHECKPOINT = "checkpoint/model.pt"
@@ -216,7 +216,14 @@ def search_runs(study: str, trial_number: int | None = None) -> list:
 
 
 def get_run(run_id: str):
-    return MlflowClient().get_run(run_id)
+    """The MLflow run `run_id`; `NotFound` naming it when the store has no such run."""
+    try:
+        return MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise NotFound(f"no MLflow run {run_id!r} in {current_uri()} (run ids: the 32 hexadecimal characters "
+                       f"the MLflow UI and `study` print)") from e
 
 
 def metric_history(run_id: str, key: str) -> list:
@@ -337,11 +344,15 @@ def load_scores(run_id: str) -> pd.DataFrame:
 def history(run_id: str) -> pd.DataFrame:
     """Every per-epoch metric of a run, one row per epoch: columns run_id, fold, seed, epoch, then the metrics."""
     client = MlflowClient()
-    run = client.get_run(run_id)
+    run = get_run(run_id)
     per_epoch: dict[int, dict[str, float]] = {}
     for key in sorted(run.data.metrics):
         for m in client.get_metric_history(run_id, key):
             per_epoch.setdefault(int(m.step), {})[key] = m.value
+    if not per_epoch:
+        why = ("it is a study's parent run: its trials are its child runs" if "study_parent" in run.data.tags
+               else "it ended before its first epoch")
+        raise BadInput(f"run {run_id} logged no per-epoch metrics ({why})")
     steps = sorted(per_epoch)
     multi = [k for k in sorted({k for row in per_epoch.values() for k in row})
              if sum(k in per_epoch[s] for s in steps) > 1 or len(steps) == 1]

@@ -1,0 +1,85 @@
+"""Bad command-line input met on the second day (issue 38's probes): each ends in one line that
+names the run, file or folder, and what is allowed, before any work is done."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ablation import tracking
+from ablation.models.beatgan import BeatGAN
+from support.cli import one_line_error
+from support.tiny import tiny
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    """An untrained one-lead tiny model saved as a checkpoint file (what `score` reads)."""
+    cfg = tiny()
+    model = BeatGAN.build(cfg.model, cfg.data.nc)
+    path = tmp_path / "model.pt"
+    torch.save({"config": cfg.to_dict(), "G": model.G.state_dict(), "D": model.D.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def beats(tmp_path) -> Path:
+    path = tmp_path / "beats.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(4, 1, 320)).astype(np.float32))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# history
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("run_id", ["abcdef0123456789abcdef0123456789", "../../x"])
+def test_history_of_an_unknown_run_is_named(tmp_path, capsys, tracking_store, run_id):
+    err = one_line_error(capsys, ["history", run_id, "--csv", str(tmp_path / "h.csv")])
+    assert f"no MLflow run {run_id!r}" in err and not (tmp_path / "h.csv").exists()
+
+
+def test_history_into_a_missing_folder_is_refused_first(tmp_path, capsys, tracking_store):
+    err = one_line_error(capsys, ["history", "abc", "--csv", str(tmp_path / "none" / "h.csv")])
+    assert f"--csv {tmp_path / 'none' / 'h.csv'}: the folder {tmp_path / 'none'} does not exist" in err
+
+
+def test_history_of_a_run_without_per_epoch_metrics_is_an_error(tmp_path, capsys, tracking_store):
+    client = MlflowClient()
+    parent = client.create_run(tracking.experiment_id("hist"), tags={"study_parent": "hist@cpu"}).info.run_id
+    err = one_line_error(capsys, ["history", parent, "--csv", str(tmp_path / "h.csv")])
+    assert f"run {parent} logged no per-epoch metrics" in err and "parent run" in err
+    assert not (tmp_path / "h.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# score
+# ------------------------------------------------------------------------------------------------
+def test_score_output_must_be_a_npy_file_in_an_existing_folder(tmp_path, capsys, checkpoint, beats):
+    args = ["score", "--model", str(checkpoint), "--input", str(beats), "--output"]
+    assert "is a folder" in one_line_error(capsys, [*args, str(tmp_path)])
+    err = one_line_error(capsys, [*args, str(tmp_path / "out")])
+    assert f"--output {tmp_path / 'out'}: must end in .npy" in err and not (tmp_path / "out.npy").exists()
+    assert "does not exist" in one_line_error(capsys, [*args, str(tmp_path / "none" / "s.npy")])
+
+
+def test_score_refuses_extra_leads_and_complex_beats(tmp_path, capsys, checkpoint, beats):
+    x = np.load(beats)
+    np.save(tmp_path / "three.npy", np.concatenate([x, x, x], axis=1))
+    np.save(tmp_path / "complex.npy", x.astype(np.complex64))
+    args = ["--model", str(checkpoint), "--output", str(tmp_path / "s.npy")]
+    err = one_line_error(capsys, ["score", "--input", str(tmp_path / "three.npy"), *args])
+    assert "3 leads" in err and "reads 1" in err and "--leads 1" in err
+    assert "dtype complex64" in one_line_error(capsys, ["score", "--input", str(tmp_path / "complex.npy"), *args])
+    from ablation.__main__ import main
+    assert main(["score", "--input", str(tmp_path / "three.npy"), "--leads", "1", *args]) == 0  # the first lead
+    assert np.load(tmp_path / "s.npy").shape == (4,)
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+def test_report_out_an_existing_file_is_refused(tmp_path, capsys, tracking_store):
+    (tmp_path / "f").write_text("x")
+    err = one_line_error(capsys, ["report", "smoke", "--out", str(tmp_path / "f")])
+    assert f"--out {tmp_path / 'f'}: is a file; the report needs a folder" in err
