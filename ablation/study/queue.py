@@ -64,10 +64,27 @@ def open_storage(url: str | None = None):
         except (ValueError, KeyError) as e:  # json errors are ValueErrors
             raise StoreError(f"{path}: the trial queue's journal is damaged ({e}); move it aside (finished "
                              f"trials are kept in MLflow and results/, and are queued again as needed)") from e
-    if url.startswith("sqlite:"):
-        return RDBStorage(url)
-    return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                      engine_kwargs={"pool_pre_ping": True})
+    if url.startswith("sqlite:///"):
+        folder = Path(url[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise StoreError(f"--storage {url}: the folder {folder} does not exist; create it first")
+        return _rdb(url)
+    if url.startswith("postgresql"):
+        return _rdb(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, engine_kwargs={"pool_pre_ping": True})
+    raise StoreError(f"--storage {url}: unknown kind of store; allowed: journal:PATH, sqlite:///PATH, "
+                     f"postgresql+psycopg2://USER@HOST/DB")
+
+
+def _rdb(url: str, **kwargs) -> RDBStorage:
+    """An Optuna RDB storage; `StoreError` naming the URL (password hidden) when it cannot be opened."""
+    import sqlalchemy
+    try:
+        return RDBStorage(url, **kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
+        shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
+        raise StoreError(f"cannot open the trial queue {shown} ({type(e).__name__}: {reason}); check that the "
+                         f"server runs and the URL, or leave --storage out for the local journal") from e
 
 
 def is_local(storage) -> bool:

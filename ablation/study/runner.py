@@ -144,6 +144,7 @@ def _run_at_most(cmds: list[list[str]], slots: int) -> None:
 def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None, mitdb: str | None = None,
               device: str | None = None, beats: Beats | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every unfinished trial of `spec` and return the summary table."""
+    storage = queue.open_storage(storage_url)  # an unusable queue fails before any teacher trains
     own_beats = beats is None  # beats handed in (tests) cannot reach a teacher process
     beats = study_beats(spec, mitdb, beats)
     dev = pick_device(device or spec.trials[0].config.train.device)
@@ -151,7 +152,6 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     ensure_teachers([t.config for t in spec.trials if t.key not in done], beats, dev, progress,
                     workers=workers if own_beats else 1, mitdb=mitdb, device_name=device)
     parent = parent_run(spec)
-    storage = queue.open_storage(storage_url)
     study = queue.open_study(queue_name(spec), storage)
     try:
         with study_lock(spec) as owner:
