@@ -31,17 +31,68 @@ SNAPSHOT = "snapshot-{i}.pt"  # beside CHECKPOINT, one per kept check (train.sna
 PROBE_TIMEOUT_S = 5
 UI_BASE = "http://127.0.0.1:5000"  # `make ui`
 EXPERIMENT_KIND = "mlflow.experimentKind"
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 def _probe_server(uri: str) -> None:
-    """One short request to a tracking server, so that an unreachable one fails in seconds, not minutes."""
+    """One short request to a tracking server, so that an unreachable one fails in seconds, not
+    minutes, and a server that answers is an MLflow one (its /health says OK)."""
     import urllib.error
     import urllib.request
+    not_mlflow = StoreError(f"{uri} answers but is not an MLflow server (GET /health did not say OK); check the "
+                            f"port, or unset MLFLOW_TRACKING_URI to use runs/mlflow.db")
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S) as answer:
+            if answer.read(64).strip() != b"OK":
+                raise not_mlflow
+    except urllib.error.HTTPError as e:  # it answered, with an error status
+        raise not_mlflow from e
     except (urllib.error.URLError, OSError) as e:
         raise StoreError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it "
                          f"(make ui) or unset MLFLOW_TRACKING_URI to use runs/mlflow.db") from e
+
+
+def _check_scheme(uri: str) -> None:
+    """Refuse a tracking URI MLflow has no store for, naming the kinds it has."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise StoreError(f"tracking URI {uri}: unknown kind of store; allowed: sqlite:///PATH, http(s)://HOST:PORT "
+                         f"(an MLflow server), postgresql://..., mysql://..., file:PATH (--tracking-uri or "
+                         f"$MLFLOW_TRACKING_URI)")
+
+
+def _check_writable(db: Path) -> None:
+    """A SQLite store that cannot be written fails here, in one line, not at the first run it logs:
+    a write in a transaction, rolled back."""
+    import sqlite3
+    from contextlib import closing
+    if not db.exists():
+        return
+    try:
+        with closing(sqlite3.connect(db, timeout=60, isolation_level=None)) as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("CREATE TABLE _ablation_write_probe (x)")
+            con.execute("ROLLBACK")
+    except sqlite3.DatabaseError as e:
+        if "readonly" not in str(e):
+            return  # a damaged file: the schema check names it
+        raise StoreError(f"{db}: {e} (the file or its folder is read-only for this user); make it writable "
+                         f"or pass --tracking-uri sqlite:///ANOTHER.db") from e
+
+
+@contextmanager
+def _store_lock(db: Path):
+    """The lock beside a SQLite store that serialises its first use (see `setup`)."""
+    lock = db.with_name(db.name + ".lock")
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "w")
+    except OSError as e:
+        raise StoreError(f"{db}: cannot write {lock.name} beside it ({e.strerror}): its folder is read-only for "
+                         f"this user; make it writable or pass --tracking-uri sqlite:///ANOTHER.db") from e
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -57,13 +108,13 @@ def setup(explicit: str | None = None) -> str:
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint load
     uri = tracking_uri(explicit)
+    _check_scheme(uri)
     if uri.startswith(("http:", "https:")):
         _probe_server(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        with _store_lock(db):
+            _check_writable(db)
             try:
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # builds the schema if missing
             except Exception as e:  # sqlalchemy / alembic errors of a damaged file
