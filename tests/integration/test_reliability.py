@@ -164,6 +164,8 @@ def test_a_huge_grid_is_refused_before_it_is_expanded(tmp_path):
     ("- a\n- b\n", "must hold a mapping"),
     ("name: ../escape\n", "must be a plain name"),
     ("name: x\nbase: {role: teacher, distill: {kd: {kind: recon}}}\n", "`distill` is set on a role: teacher"),
+    ("name: x\nbase: null\n", "`base` is null: it must map config sections"),
+    ("name: x\nbase: [1]\n", "`base` must map config sections"),
 ])
 def test_bad_study_files_are_one_line_errors(tmp_path, capsys, text, message):
     path = _write(tmp_path, text)
