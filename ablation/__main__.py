@@ -179,12 +179,12 @@ def _print_trials(spec) -> None:
 def cmd_worker(args) -> None:
     """Join a running study as one more worker (on this or another machine, same stores)."""
     from ablation import tracking
-    from ablation.study.runner import parent_run, run_worker
+    from ablation.study.runner import joined_parent, run_worker
     from ablation.study.spec import load_study, select_part
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     spec = select_part(load_study(args.name, args.scale), args.folds, args.variants)
-    run_worker(spec, args.storage, args.parent_run_id or parent_run(spec), mitdb=args.mitdb, device=args.device)
+    run_worker(spec, args.storage, args.parent_run_id or joined_parent(spec), mitdb=args.mitdb, device=args.device)
 
 
 def cmd_tune(args) -> None:

@@ -26,7 +26,7 @@ from ablation import tracking
 from ablation.config import ConfigError, RunConfig
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats, Protocol, load_beats
-from ablation.errors import UserError
+from ablation.errors import NotFound, UserError
 from ablation.paths import RUNS
 from ablation.run import TEACHER_EXPERIMENT, ensure_teacher, execute, run_key
 from ablation.study import queue, results
@@ -63,12 +63,27 @@ def export_results(spec: StudySpec) -> None:
     results.write(spec.name, attach_teachers(runs, fetch_teachers(runs)))
 
 
+def find_parent(spec: StudySpec) -> str | None:
+    """The study's parent run, None when the study was never started."""
+    found = tracking.parent_runs(spec.name, study_tag(spec))
+    return found[0].info.run_id if found else None
+
+
+def joined_parent(spec: StudySpec) -> str:
+    """The parent run a `worker` joins; `NotFound` when no `study` run started the study."""
+    parent = find_parent(spec)
+    if parent is None:
+        raise NotFound(f"study {spec.name} (scale {spec.scale}) has not been started in {tracking.current_uri()}: "
+                       f"a worker joins a running study; start it with `python -m ablation study {spec.path}`")
+    return parent
+
+
 def parent_run(spec: StudySpec) -> str:
     """The study's parent run, created on the first run and reused on every rerun."""
     tag = study_tag(spec)
-    found = tracking.parent_runs(spec.name, tag)
+    found = find_parent(spec)
     if found:
-        return found[0].info.run_id
+        return found
     return tracking.create_run(spec.name, f"study {tag}",
                                {"study_parent": tag, "study": spec.name, "scale": spec.scale,
                                 "mlflow.note.content": f"{spec.description}\n{spec.scale_summary}"})

@@ -83,3 +83,17 @@ def test_report_out_an_existing_file_is_refused(tmp_path, capsys, tracking_store
     (tmp_path / "f").write_text("x")
     err = one_line_error(capsys, ["report", "smoke", "--out", str(tmp_path / "f")])
     assert f"--out {tmp_path / 'f'}: is a file; the report needs a folder" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# worker
+# ------------------------------------------------------------------------------------------------
+def test_a_worker_on_a_study_never_started_is_an_error_and_opens_no_run(tmp_path, capsys, tracking_store):
+    import yaml
+
+    from support.tiny import tiny_dict
+    path = tmp_path / "never.yaml"
+    path.write_text(yaml.safe_dump({"name": "never_started", "base": tiny_dict("student")}))
+    err = one_line_error(capsys, ["worker", str(path)])
+    assert "study never_started (scale cpu) has not been started" in err and "python -m ablation study" in err
+    assert MlflowClient().get_experiment_by_name("never_started") is None
