@@ -233,6 +233,7 @@ def cmd_ensemble(args) -> None:
 
     from ablation import tracking
     from ablation.train.loop import pick_device
+    _check_members(args)
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
@@ -244,6 +245,16 @@ def cmd_ensemble(args) -> None:
     if args.csv:
         merge_csv(Path(args.csv), table, "runs")
         print(f"wrote {args.csv} (rows of other runs kept)")
+
+
+def _check_members(args) -> None:
+    """Refuse an ensemble that would not be what it says: --each with --by-fold, a run given twice."""
+    if args.each and args.by_fold:
+        raise BadInput("--each and --by-fold: choose one (--each: one ensemble per run, of its snapshots with "
+                       "--snapshots; --by-fold: one ensemble per fold of the runs)")
+    twice = sorted({r for r in args.models if args.models.count(r) > 1})
+    if twice:
+        raise BadInput(f"{' '.join(twice)} is given twice: an ensemble of K members needs K different runs")
 
 
 def _by_fold(runs: list[str]) -> list[list[str]]:

@@ -97,3 +97,13 @@ def test_a_worker_on_a_study_never_started_is_an_error_and_opens_no_run(tmp_path
     err = one_line_error(capsys, ["worker", str(path)])
     assert "study never_started (scale cpu) has not been started" in err and "python -m ablation study" in err
     assert MlflowClient().get_experiment_by_name("never_started") is None
+
+
+# ------------------------------------------------------------------------------------------------
+# ensemble
+# ------------------------------------------------------------------------------------------------
+def test_ensemble_refuses_each_with_by_fold_and_a_run_given_twice(capsys, tracking_store):
+    err = one_line_error(capsys, ["ensemble", "a", "b", "--each", "--by-fold"])
+    assert "--each and --by-fold" in err
+    err = one_line_error(capsys, ["ensemble", "a", "b", "a"])
+    assert "a is given twice" in err and "K" in err
