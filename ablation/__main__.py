@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ablation import __version__
-from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
+from ablation.config import MAX_THREADS, ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
 from ablation.errors import REPORT_TO, BadInput, NotFound, UserError
 from ablation.paths import DASHBOARDS, merge_csv
 
@@ -48,6 +48,15 @@ def _output_folder(option: str, path: str) -> Path:
     if p.exists() and not p.is_dir():
         raise BadInput(f"{option} {p}: is a file; the report needs a folder (it writes NAME.html, .csv and .md there)")
     return p
+
+
+def _thread_count(text: str) -> int:
+    """--threads: a positive integer up to MAX_THREADS."""
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_THREADS} (this machine has "
+                                         f"{len(os.sched_getaffinity(0))} cores for this process)")
+    return value
 
 
 def _threads(n: int | None) -> None:
@@ -365,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "../shared/mitdb, or a PhysioNet download)")
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-        sp.add_argument("--threads", type=_positive_int,
+        sp.add_argument("--threads", type=_thread_count,
                         help="torch intra-op threads (default: the cores given to this process)")
         if config:
             sp.add_argument("--config", help="run config YAML (default: the paper's teacher)")

@@ -197,6 +197,12 @@ def test_threads_must_be_positive(capsys):
     assert e.value.code == 2 and "'-3' is not a positive integer" in capsys.readouterr().err
 
 
+def test_threads_are_bounded(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--threads", "1000000000"])
+    assert e.value.code == 2 and "--threads: '1000000000' is more than 256" in capsys.readouterr().err
+
+
 def test_score_refuses_bad_beats_and_bad_checkpoints(tmp_path, capsys, tracking_store, synthetic):
     from ablation.run import execute
     cfg = from_dict(RunConfig, {"model": TINY_MODEL, "train": {"epochs": 1, "device": "cpu"},
