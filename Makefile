@@ -10,7 +10,7 @@ WORKERS ?= 1
 JOBS    ?= $(shell nproc)
 ARGS    ?=
 
-.PHONY: venv test data teacher teachers study tune report reproduce fingerprint bench gpu-check ui dashboard clean
+.PHONY: venv test test-fast data teacher teachers study tune report reproduce fingerprint bench gpu-check ui dashboard clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# the edit-test loop: unit tests in memory, without the real records or processes (markers: tests/conftest.py)
+test-fast: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "unit and not records and not subprocess and not slow" $(ARGS)
 
 data: venv
 	$(BIN)/python -m ablation data $(ARGS)
