@@ -17,6 +17,7 @@ from ablation.data.mitdb import Beats
 from ablation.errors import BadInput, NotFound, StoreError
 from ablation.models.beatgan import BeatGAN
 from ablation.models.ensemble import ensemble
+from ablation.study.queue import worker_alive, worker_id
 from ablation.train.loop import Result, pick_device, train
 
 TEACHER_EXPERIMENT = "teachers"
@@ -56,6 +57,7 @@ def ensure_teacher(cfg: RunConfig, data: DataBundle, device: torch.device, progr
     marked FAILED, and the teacher is trained again."""
     key = run_key(cfg, data.fingerprint)
     with tracking.key_lock(f"teacher-{key}"):
+        close_stale_teachers(key)
         run_id = tracking.find_finished(TEACHER_EXPERIMENT, key) or teachers.import_teacher(key, TEACHER_EXPERIMENT)
         if run_id is not None:
             try:
@@ -67,6 +69,17 @@ def ensure_teacher(cfg: RunConfig, data: DataBundle, device: torch.device, progr
         run_id = execute(cfg, data=data, device=device, experiment=TEACHER_EXPERIMENT, progress=progress).run_id
         tcfg, state = tracking.load_checkpoint(run_id, device)
         return run_id, load_model(tcfg, state, device)
+
+
+def close_stale_teachers(key: str) -> None:
+    """Close KILLED, with the reason, the RUNNING teacher runs of `key` whose process is gone
+    (killed by SIGKILL, its machine rebooted): a teacher trained elsewhere (its process tag on
+    another host), or by a live process, is left alone."""
+    for r in tracking.keyed_runs(TEACHER_EXPERIMENT, key, "RUNNING"):
+        process = r.data.tags.get("process")
+        if process and not worker_alive(process):
+            tracking.set_tag(r.info.run_id, "failure_reason", f"its process {process} ended without closing it")
+            tracking.set_status(r.info.run_id, "KILLED")
 
 
 def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None = None,
@@ -86,7 +99,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
     numerics.check()
     numerics.deterministic(cfg.train.threads)
     tags = {"role": cfg.role, "run_key": key, "data_fingerprint": data.fingerprint, "device": str(device),
-            "git_commit": tracking.git_commit(), **numerics.record(cfg.train.threads), **(extra_tags or {})}
+            "git_commit": tracking.git_commit(), "process": worker_id(), **numerics.record(cfg.train.threads), **(extra_tags or {})}
     teacher_id, teacher = None, None
     if cfg.reads_teacher():  # the undistilled baseline needs none
         members = [ensure_teacher(t, data, device, progress) for t in cfg.teacher_configs()]

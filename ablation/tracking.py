@@ -253,6 +253,11 @@ def trial_runs(study: str, status: str | None = None, key: str | None = None) ->
                                  _is("tags.trial_key", key)))
 
 
+def keyed_runs(experiment_name: str, run_key: str, status: str | None = None) -> list:
+    """The experiment's runs tagged with `run_key`, only those with `status` when given."""
+    return _search(experiment_name, _where(_is("tags.run_key", run_key), _is("attributes.status", status)))
+
+
 def parent_runs(study: str, tag: str | None = None) -> list:
     """The study's parent runs (one per scale), only the one tagged `tag` (``study@scale``) when given."""
     return _search(study, _is("tags.study_parent", tag) or "tags.study_parent != ''")

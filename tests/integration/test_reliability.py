@@ -309,3 +309,31 @@ def test_sigterm_and_sigint_end_a_training_run_as_killed_with_its_reason(tmp_pat
     after = client.get_run(run.info.run_id)
     assert proc.returncode != 0
     assert after.info.status == "KILLED" and after.data.tags["failure_reason"].startswith(reason)
+
+
+# ------------------------------------------------------------------------------------------------
+# a teacher run whose process was killed (SIGKILL) is closed, not left RUNNING
+# ------------------------------------------------------------------------------------------------
+def test_a_teacher_run_left_running_by_a_dead_process_is_closed_killed(tracking_store, synthetic):
+    from ablation.data.dataset import load_data
+    from ablation.run import TEACHER_EXPERIMENT, ensure_teacher, run_key
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL, "train": {"epochs": 1, "device": "cpu", "seed": 43},
+                                "data": {"train_subset": 256}})
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    key = run_key(cfg, data.fingerprint)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    client = MlflowClient()
+    exp = tracking.experiment_id(TEACHER_EXPERIMENT)
+    host = socket.gethostname()
+    try:
+        killed = client.create_run(exp, tags={"run_key": key, "process": f"{host}:{dead.pid}"}).info.run_id
+        live = client.create_run(exp, tags={"run_key": key, "process": f"{host}:{alive.pid}"}).info.run_id
+        run_id, _ = ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+        assert client.get_run(live).info.status == "RUNNING"  # another process still trains it
+    finally:
+        alive.kill()
+    after = client.get_run(killed)
+    assert after.info.status == "KILLED" and f"{host}:{dead.pid}" in after.data.tags["failure_reason"]
+    assert client.get_run(run_id).data.tags["process"] == f"{host}:{os.getpid()}"
