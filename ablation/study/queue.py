@@ -125,6 +125,14 @@ def reconcile(study: optuna.Study, storage, keys: list[str], finished: set[str],
             "to_run": len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))}
 
 
+def running_elsewhere(study: optuna.Study, storage) -> dict[str, str]:
+    """Trial key -> worker (``host:pid``) of the queue's RUNNING trials that another live process
+    holds (with a heartbeat storage every RUNNING trial: a dead worker's is failed by its heartbeat)."""
+    return {t.user_attrs["trial_key"]: t.user_attrs.get("worker", "?")
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("trial_key") and (not is_local(storage) or worker_alive(t.user_attrs.get("worker")))}
+
+
 def worker_id() -> str:
     """``host:pid`` of this process, recorded on the trials it claims."""
     return f"{socket.gethostname()}:{os.getpid()}"

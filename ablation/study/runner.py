@@ -33,6 +33,7 @@ from ablation.study import queue, results
 from ablation.study.spec import StudySpec, Trial
 from ablation.train.loop import pick_device
 
+RUNNING_ELSEWHERE = "RUNNING elsewhere"  # a summary status: a trial another live process is training
 SUMMARY_COLUMNS = ["trial", "status", "best_epoch", "best_val_auc", "test_auc", "test_ap", "test_f1", "minutes"]
 
 
@@ -181,19 +182,39 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     except BaseException:
         tracking.set_status(parent, "KILLED")
         raise
-    complete = finished_keys(spec) >= {t.key for t in spec.trials}
-    # a finished part of a study run in parts leaves its parent SCHEDULED: more parts may follow
-    tracking.set_status(parent, ("SCHEDULED" if spec.part else "FINISHED") if complete else "FAILED")
-    table = summary(spec)
+    elsewhere = queue.running_elsewhere(study, storage)
+    missing = {t.key for t in spec.trials} - finished_keys(spec)
+    if not close_parent(spec, parent) and not missing <= set(elsewhere):
+        tracking.set_status(parent, "FAILED")  # else the process of the last trial closes it
+    table = summary(spec, elsewhere)
     print(table.to_string(index=False), flush=True)
     print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
-    unfinished = table[~table["status"].str.startswith("FINISHED")]
+    _say_running_elsewhere(spec, {k: w for k, w in elsewhere.items() if k in missing})
+    unfinished = table[~table["status"].str.startswith("FINISHED") & (table["status"] != RUNNING_ELSEWHERE)]
     if len(unfinished):
         counts = ", ".join(f"{s}: {n}" for s, n in unfinished["status"].value_counts().items())
         raise StudyIncomplete(f"study {spec.name}: {len(unfinished)} of {len(table)} trials did not finish ({counts}; "
                               f"first: {unfinished['trial'].iloc[0]}); the reasons are the runs' failure_reason "
                               f"tags in MLflow; a rerun retries them and keeps the finished ones")
     return table
+
+
+def close_parent(spec: StudySpec, parent: str) -> bool:
+    """End the parent run FINISHED when every trial of `spec` is finished (SCHEDULED for a part of a
+    study run in parts: more parts may follow); True then."""
+    if not finished_keys(spec) >= {t.key for t in spec.trials}:
+        return False
+    tracking.set_status(parent, "SCHEDULED" if spec.part else "FINISHED")
+    return True
+
+
+def _say_running_elsewhere(spec: StudySpec, elsewhere: dict[str, str]) -> None:
+    """Say which trials other live processes are training (not a failure: they finish there)."""
+    if elsewhere:
+        n = len(elsewhere)
+        print(f"study {spec.name}: {n} trial{'s are' if n > 1 else ' is'} still running in another process "
+              f"({', '.join(sorted(set(elsewhere.values())))}): {'they finish' if n > 1 else 'it finishes'} "
+              f"there, and the last to finish closes the parent run", flush=True)
 
 
 class StudyIncomplete(UserError):
@@ -278,11 +299,13 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
         export_results(spec)
         done += 1
         print(f"{label}: done, best val AUC {value:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
+    close_parent(spec, parent_run_id)  # this worker may have run the study's last trial
     return done
 
 
-def summary(spec: StudySpec) -> pd.DataFrame:
-    """One row per trial of the study file: its latest run's status and metrics."""
+def summary(spec: StudySpec, elsewhere: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per trial of the study file: its latest run's status and metrics (RUNNING_ELSEWHERE
+    for an unfinished trial of `elsewhere`: keys another live process is training)."""
     latest: dict[str, object] = {}
     for r in sorted(tracking.trial_runs(spec.name), key=lambda r: r.info.start_time):
         k = r.data.tags["trial_key"]
@@ -298,6 +321,8 @@ def summary(spec: StudySpec) -> pd.DataFrame:
         if status != "FINISHED" and t.key in committed.index:  # trained on another machine
             m, status = committed.loc[t.key].to_dict(), "FINISHED (results/)"
             minutes = m.get("train_wall_seconds", float("nan")) / 60
+        elif status != "FINISHED" and t.key in (elsewhere or {}):
+            status = RUNNING_ELSEWHERE
         rows.append({"trial": f"{t.name} f{t.axes['fold']} s{t.axes['seed']}",
                      "status": status, "best_epoch": m.get("best_epoch"),
                      "best_val_auc": m.get("best_val_auc"), "test_auc": m.get("test_auc"),

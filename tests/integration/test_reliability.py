@@ -337,3 +337,26 @@ def test_a_teacher_run_left_running_by_a_dead_process_is_closed_killed(tracking_
     after = client.get_run(killed)
     assert after.info.status == "KILLED" and f"{host}:{dead.pid}" in after.data.tags["failure_reason"]
     assert client.get_run(run_id).data.tags["process"] == f"{host}:{os.getpid()}"
+
+
+# ------------------------------------------------------------------------------------------------
+# a trial another live process is training: said so, and the parent is not FAILED
+# ------------------------------------------------------------------------------------------------
+def test_a_trial_running_in_another_live_process_is_not_a_failure(tmp_path, tracking_store, synthetic, capsys):
+    from ablation.study.runner import queue_name, run_study
+    d = {"name": "beside_a_worker", "base": tiny_dict("teacher"), "seeds": [0, 1]}
+    spec = load_study(_write(tmp_path, d))
+    storage = f"journal:{tmp_path / 'q.log'}"
+    study = queue.open_study(queue_name(spec), queue.open_storage(storage))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        study.enqueue_trial({}, user_attrs={"trial_key": spec.trials[0].key})
+        study.ask().set_user_attr("worker", f"{socket.gethostname()}:{other.pid}")  # the other process's trial
+        table = run_study(spec, storage_url=storage, beats=synthetic, progress=False)
+    finally:
+        other.kill()
+    out = capsys.readouterr().out
+    assert f"1 trial is still running in another process ({socket.gethostname()}:{other.pid})" in out
+    assert list(table.status) == ["RUNNING elsewhere", "FINISHED"]
+    parent = MlflowClient().search_runs([tracking.experiment(spec.name).experiment_id], "tags.study_parent != ''")
+    assert [p.info.status for p in parent] == ["RUNNING"]
