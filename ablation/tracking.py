@@ -365,23 +365,25 @@ def log_outputs(cfg: RunConfig, state: dict, test_scores: np.ndarray, test, snap
 
 
 def load_checkpoint(ref: str, device: str | torch.device = "cpu"):
-    """(RunConfig, state) from a checkpoint path or an MLflow run id (``runs:/<id>`` or the bare id)."""
-    path = Path(ref)
+    """(RunConfig, state) from a checkpoint path or an MLflow run id (``runs:/<id>`` or the bare id);
+    errors name the file, or the run (not the temporary copy its checkpoint was downloaded to)."""
+    path, label = Path(ref), ref
     if not path.exists():
         run_id = ref.removeprefix("runs:/").split("/")[0]
         try:
             path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT))
         except Exception as e:
             raise NotFound(f"{ref!r} is neither a checkpoint file nor an MLflow run with "
-                                    f"{CHECKPOINT} ({type(e).__name__}: {e})") from e
+                           f"{CHECKPOINT} ({type(e).__name__}: {e})") from e
+        label = f"run {run_id}: its {CHECKPOINT}"
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, garbage, or a pickle of something else
-        raise StoreError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+        raise StoreError(f"{label} is not a readable checkpoint ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:160]})") from e
     if not isinstance(blob, dict) or not {"config", "G", "D"} <= set(blob):
-        raise StoreError(f"{path}: not a checkpoint of this project (expected a mapping with config, G and D)")
-    return from_dict(RunConfig, blob["config"], src=str(path)), {"G": blob["G"], "D": blob["D"]}
+        raise StoreError(f"{label} is not a checkpoint of this project (expected a mapping with config, G and D)")
+    return from_dict(RunConfig, blob["config"], src=label), {"G": blob["G"], "D": blob["D"]}
 
 
 def snapshot_refs(run_id: str) -> list[str]:

@@ -107,3 +107,16 @@ def test_ensemble_refuses_each_with_by_fold_and_a_run_given_twice(capsys, tracki
     assert "--each and --by-fold" in err
     err = one_line_error(capsys, ["ensemble", "a", "b", "a"])
     assert "a is given twice" in err and "K" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# a damaged checkpoint of a run is named by the run
+# ------------------------------------------------------------------------------------------------
+def test_a_truncated_checkpoint_of_a_run_is_named_by_the_run(tmp_path, capsys, tracking_store, checkpoint, beats):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:200])
+    run_id = tracking.log_imported("damaged", "damaged", {}, {}, truncated)
+    err = one_line_error(capsys, ["score", "--model", run_id, "--input", str(beats), "--output",
+                                  str(tmp_path / "s.npy")])
+    assert f"run {run_id}: its {tracking.CHECKPOINT} is not a readable checkpoint" in err
+    assert "/tmp" not in err.split("(")[0]
