@@ -79,7 +79,7 @@ def _as_nobody():
         os.seteuid(0)
 
 
-def test_a_read_only_mlflow_database_is_one_line(capsys):
+def test_a_read_only_mlflow_database_is_one_line(capsys, tracking_store):
     from ablation import tracking
     folder = Path(tempfile.mkdtemp(prefix="ablation-ro-"))
     folder.chmod(0o777)  # the lock file beside the database can be written; the database cannot
