@@ -153,7 +153,7 @@ def _run_at_most(cmds: list[list[str]], slots: int) -> None:
             running.remove(p)
             failed += [p] if p.returncode else []
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(cmds)} teacher runs failed (exit {failed[0].returncode}: "
+        raise StudyIncomplete(f"{len(failed)} of {len(cmds)} teacher runs failed (exit {failed[0].returncode}: "
                            f"{' '.join(failed[0].args[:6])} ...); their errors are printed above")
 
 
@@ -218,7 +218,8 @@ def _say_running_elsewhere(spec: StudySpec, elsewhere: dict[str, str]) -> None:
 
 
 class StudyIncomplete(UserError):
-    """Some trials of a study failed; the others finished (the CLI exits non-zero)."""
+    """Some trials of a study, or teacher runs it needs, failed (each with its reason, in MLflow or
+    printed by its process); the others finished. The CLI says so in one line and exits 2."""
 
 
 def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent: str,

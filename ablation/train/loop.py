@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ablation.config import RunConfig, TrainConfig
 from ablation.data.augment import warp_fraction
 from ablation.data.dataset import DataBundle
-from ablation.errors import BadInput
+from ablation.errors import BadInput, UserError
 from ablation.models.beatgan import BeatGAN, init_weights
 from ablation.train.checkpoints import Checkpoints, Snapshot
 from ablation.train.evaluate import metrics
@@ -37,8 +37,8 @@ from ablation.train.rescore import score_sets
 from ablation.train.step import Step, Terms
 
 
-class Diverged(RuntimeError):
-    """A loss became NaN or infinite."""
+class Diverged(UserError, RuntimeError):
+    """A loss became NaN or infinite: an outcome of the config (its learning rates, weights), not a defect."""
 
 
 @dataclass

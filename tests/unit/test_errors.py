@@ -34,3 +34,18 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert cli.main(["standings"]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
+
+
+def test_expected_outcomes_are_one_line_too(monkeypatch, capsys):
+    """A run that diverged, a study whose teacher processes failed: no defect, no traceback."""
+    from ablation.study.runner import _run_at_most
+    from ablation.train.loop import Diverged
+    _raising(monkeypatch, Diverged("epoch 3: non-finite loss_g_rec"))
+    assert cli.main(["standings"]) == 2
+    assert capsys.readouterr().err == "error: epoch 3: non-finite loss_g_rec\n"
+    import sys
+    with pytest.raises(Exception) as e:
+        _run_at_most([[sys.executable, "-c", "raise SystemExit(3)"]], 1)
+    _raising(monkeypatch, e.value)
+    assert cli.main(["standings"]) == 2
+    assert "1 of 1 teacher runs failed (exit 3" in capsys.readouterr().err
