@@ -145,6 +145,7 @@ def cmd_bn_check(args) -> None:
     from ablation.run import load_model
     from ablation.train.bn_check import bn_modes
     from ablation.train.loop import pick_device
+    csv = _output_file("--csv", args.csv) if args.csv else None
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
@@ -157,10 +158,10 @@ def cmd_bn_check(args) -> None:
         row = bn_modes(load_model(cfg, state, device).G, data[key], seed=args.seed)
         rows.append({"model": ref, **{k: round(v, 4) for k, v in row.items()}})
         print(rows[-1], flush=True)
-    if args.csv:
+    if csv:
         import pandas as pd
-        pd.DataFrame(rows).to_csv(args.csv, index=False)
-        print(f"wrote {args.csv}")
+        pd.DataFrame(rows).to_csv(csv, index=False)
+        print(f"wrote {csv}")
 
 
 def cmd_study(args) -> None:

@@ -120,3 +120,8 @@ def test_a_truncated_checkpoint_of_a_run_is_named_by_the_run(tmp_path, capsys, t
                                   str(tmp_path / "s.npy")])
     assert f"run {run_id}: its {tracking.CHECKPOINT} is not a readable checkpoint" in err
     assert "/tmp" not in err.split("(")[0]
+
+
+def test_bn_check_csv_in_a_missing_folder_is_refused_before_any_work(tmp_path, capsys, checkpoint):
+    err = one_line_error(capsys, ["bn-check", str(checkpoint), "--csv", str(tmp_path / "none" / "b.csv")])
+    assert f"--csv {tmp_path / 'none' / 'b.csv'}: the folder {tmp_path / 'none'} does not exist" in err
