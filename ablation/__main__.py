@@ -15,7 +15,7 @@ import numpy as np
 
 from ablation import __version__
 from ablation.config import MAX_THREADS, ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
-from ablation.errors import REPORT_TO, BadInput, NotFound, UserError
+from ablation.errors import REPORT_TO, BadInput, UserError
 from ablation.paths import DASHBOARDS, merge_csv
 
 
