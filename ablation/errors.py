@@ -6,7 +6,7 @@ Raise a `UserError` where input is refused, never a bare ValueError: that one is
 """
 from __future__ import annotations
 
-REPORT_TO = "the project's issue tracker (`issues`; on GitHub: Issues)"
+REPORT_TO = "the project's issue tracker"  # where the CLI asks for a defect's traceback
 
 
 class UserError(Exception):
