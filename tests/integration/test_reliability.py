@@ -307,8 +307,11 @@ def test_sigterm_and_sigint_end_a_training_run_as_killed_with_its_reason(tmp_pat
     proc.send_signal(sig)
     proc.wait(timeout=120)
     after = client.get_run(run.info.run_id)
-    assert proc.returncode != 0
+    assert proc.returncode == 128 + sig
     assert after.info.status == "KILLED" and after.data.tags["failure_reason"].startswith(reason)
+    if sig == signal.SIGINT:  # Ctrl-C: one line, no traceback
+        err = proc.stderr.read()
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)"), err[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------
