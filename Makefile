@@ -9,8 +9,10 @@ NAME    ?= smoke
 WORKERS ?= 1
 JOBS    ?= $(shell nproc)
 ARGS    ?=
+# the package's runs/ folder (ablation/paths.py): ABLATION_RUNS moves it, for `make ui` and `make dashboard` too
+RUNS    := $(or $(ABLATION_RUNS),$(CURDIR)/runs)
 
-.PHONY: venv test data teacher teachers study tune report reproduce fingerprint bench gpu-check ui dashboard clean
+.PHONY: venv test test-fast data teacher teachers study tune report reproduce fingerprint bench gpu-check ui dashboard clean
 
 venv: $(VENV)/.installed
 
@@ -22,6 +24,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# the edit-test loop: unit tests in memory, without the real records or processes (markers: tests/conftest.py)
+test-fast: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "unit and not records and not subprocess and not slow" $(ARGS)
 
 data: venv
 	$(BIN)/python -m ablation data $(ARGS)
@@ -61,11 +67,11 @@ gpu-check: venv
 
 ui: venv
 	$(BIN)/python -c "from ablation import tracking; tracking.setup(); tracking.print_ui_links()"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RUNS)/mlflow.db --host 127.0.0.1 --port 5000
 
 dashboard: venv
 	$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/pip install -q optuna-dashboard
-	$(BIN)/optuna-dashboard --host 127.0.0.1 --port 8080 $(CURDIR)/runs/optuna/journal.log
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port 8080 $(RUNS)/optuna/journal.log
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -8,11 +8,14 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 
-from ablation.config import ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
+from ablation import __version__
+from ablation.config import MAX_THREADS, ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
+from ablation.errors import REPORT_TO, BadInput, UserError
 from ablation.paths import DASHBOARDS, merge_csv
 
 
@@ -23,6 +26,36 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _output_file(option: str, path: str, suffix: str | None = None) -> Path:
+    """The file `option` names to write, checked before any work: not a folder, in a folder that
+    exists, ending in `suffix` when given."""
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{option} {p}: is a folder; name a file" + (f" ending in {suffix}" if suffix else ""))
+    if suffix and p.suffix != suffix:
+        raise BadInput(f"{option} {p}: must end in {suffix}")
+    if not p.parent.is_dir():
+        raise BadInput(f"{option} {p}: the folder {p.parent} does not exist; create it first")
+    return p
+
+
+def _output_folder(option: str, path: str) -> Path:
+    """The folder `option` names to write into (created when missing), refused when it is a file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"{option} {p}: is a file; the report needs a folder (it writes NAME.html, .csv and .md there)")
+    return p
+
+
+def _thread_count(text: str) -> int:
+    """--threads: a positive integer up to MAX_THREADS."""
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_THREADS} (this machine has "
+                                         f"{len(os.sched_getaffinity(0))} cores for this process)")
     return value
 
 
@@ -95,10 +128,11 @@ def cmd_score(args) -> None:
     from ablation import tracking
     from ablation.run import score_file
     from ablation.train.loop import pick_device
+    output = _output_file("--output", args.output, ".npy")
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
-    s = score_file(args.model, args.input, pick_device(args.device or "auto"), args.batch_size)
-    np.save(args.output, s)
+    s = score_file(args.model, args.input, pick_device(args.device or "auto"), args.batch_size, args.leads)
+    np.save(output, s)
     print(f"wrote {len(s)} scores to {args.output}")
 
 
@@ -111,6 +145,7 @@ def cmd_bn_check(args) -> None:
     from ablation.run import load_model
     from ablation.train.bn_check import bn_modes
     from ablation.train.loop import pick_device
+    csv = _output_file("--csv", args.csv) if args.csv else None
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
@@ -123,10 +158,10 @@ def cmd_bn_check(args) -> None:
         row = bn_modes(load_model(cfg, state, device).G, data[key], seed=args.seed)
         rows.append({"model": ref, **{k: round(v, 4) for k, v in row.items()}})
         print(rows[-1], flush=True)
-    if args.csv:
+    if csv:
         import pandas as pd
-        pd.DataFrame(rows).to_csv(args.csv, index=False)
-        print(f"wrote {args.csv}")
+        pd.DataFrame(rows).to_csv(csv, index=False)
+        print(f"wrote {csv}")
 
 
 def cmd_study(args) -> None:
@@ -182,14 +217,14 @@ def _print_trials(spec) -> None:
 def cmd_worker(args) -> None:
     """Join a running study as one more worker (on this or another machine, same stores)."""
     from ablation import tracking
-    from ablation.study.runner import confirmation_stage, parent_run, run_worker
+    from ablation.study.runner import confirmation_stage, joined_parent, run_worker
     from ablation.study.spec import load_study, select_part
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     spec = load_study(args.name, args.scale)
     _check_stage(spec, args.stage)
     spec = select_part(confirmation_stage(spec) if args.stage == "confirm" else spec, args.folds, args.variants)
-    run_worker(spec, args.storage, args.parent_run_id or parent_run(spec), mitdb=args.mitdb, device=args.device)
+    run_worker(spec, args.storage, args.parent_run_id or joined_parent(spec), mitdb=args.mitdb, device=args.device)
 
 
 def cmd_tune(args) -> None:
@@ -238,6 +273,7 @@ def cmd_ensemble(args) -> None:
 
     from ablation import tracking
     from ablation.train.loop import pick_device
+    _check_members(args)
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
@@ -249,6 +285,16 @@ def cmd_ensemble(args) -> None:
     if args.csv:
         merge_csv(Path(args.csv), table, "runs")
         print(f"wrote {args.csv} (rows of other runs kept)")
+
+
+def _check_members(args) -> None:
+    """Refuse an ensemble that would not be what it says: --each with --by-fold, a run given twice."""
+    if args.each and args.by_fold:
+        raise BadInput("--each and --by-fold: choose one (--each: one ensemble per run, of its snapshots with "
+                       "--snapshots; --by-fold: one ensemble per fold of the runs)")
+    twice = sorted({r for r in args.models if args.models.count(r) > 1})
+    if twice:
+        raise BadInput(f"{' '.join(twice)} is given twice: an ensemble of K members needs K different runs")
 
 
 def _by_fold(runs: list[str]) -> list[list[str]]:
@@ -273,11 +319,11 @@ def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device,
     refs = [(f"{r}:{i}", p) for r in runs for i, p in enumerate(tracking.snapshot_refs(r))] \
         if snapshots else [(r, r) for r in runs]
     if not refs:
-        raise ValueError(f"none of {' '.join(runs)} kept snapshots (train.snapshots > 1)")
+        raise BadInput(f"none of {' '.join(runs)} kept snapshots (train.snapshots > 1)")
     loaded = [(name, *tracking.load_checkpoint(p, device)) for name, p in refs]
     folds = {(c.data.fold, c.data.split, c.data.nc) for _, c, _ in loaded}
     if len(folds) > 1:
-        raise ValueError(f"ensemble members must share one fold, split and nc; got {sorted(folds)}")
+        raise BadInput(f"ensemble members must share one fold, split and nc; got {sorted(folds)}")
     key = repr(loaded[0][1].data)
     if key not in splits:
         splits[key] = load_data(loaded[0][1].data, mitdb, progress=False)
@@ -335,9 +381,10 @@ def cmd_history(args) -> None:
     import pandas as pd
 
     from ablation import tracking
+    csv = _output_file("--csv", args.csv)
     tracking.setup(args.tracking_uri)
     table = pd.concat([tracking.history(r) for r in args.runs], ignore_index=True)
-    table.to_csv(args.csv, index=False, float_format="%.6g")
+    table.to_csv(csv, index=False, float_format="%.6g")
     print(f"wrote {len(table)} rows to {args.csv}")
 
 
@@ -345,8 +392,9 @@ def cmd_report(args) -> None:
     """Write dashboards/NAME.html (and .csv, .md): the study's runs compared, with statistics."""
     from ablation import tracking
     from ablation.report import build_report
+    out = _output_folder("--out", args.out)
     tracking.setup(args.tracking_uri)
-    path = build_report(args.name, Path(args.out), baseline=args.baseline, scale=args.scale)
+    path = build_report(args.name, out, baseline=args.baseline, scale=args.scale)
     print(f"wrote {path}, {path.with_suffix('.csv')} and {path.with_suffix('.md')}")
 
 
@@ -359,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "../shared/mitdb, or a PhysioNet download)")
         sp.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         sp.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
-        sp.add_argument("--threads", type=_positive_int,
+        sp.add_argument("--threads", type=_thread_count,
                         help="torch intra-op threads (default: the cores given to this process)")
         if config:
             sp.add_argument("--config", help="run config YAML (default: the paper's teacher)")
@@ -474,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="MLflow run id or checkpoint path")
     s.add_argument("--input", required=True, help=".npy of raw beats shaped (n, channels, 320)")
     s.add_argument("--output", required=True, help=".npy to write the (n,) scores to")
+    s.add_argument("--leads", type=_positive_int, help="score the first N leads of input with more leads than "
+                                                       "the model reads (N: the model's lead count)")
     s.add_argument("--batch-size", type=_positive_int, default=4096)
     s.set_defaults(func=cmd_score)
 
@@ -487,14 +537,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: 0 when it succeeds, 2 with one line for a `UserError`, 130 with one line
+    on Ctrl-C (the runs it had open are closed KILLED on the way out), 1 with the traceback and
+    where to report it for anything else: that is a defect of the platform."""
     args = build_parser().parse_args(argv)
     # SIGTERM ends a run like SIGINT: the MLflow run is closed KILLED with its reason, not left RUNNING
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, LookupError, ValueError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): the runs in progress are closed KILLED; a rerun resumes", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"ablation {__version__}: this is a defect of the platform, not of your input: please report it, "
+              f"with the traceback above, in {REPORT_TO}", file=sys.stderr)
+        return 1
     return 0
 
 

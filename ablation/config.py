@@ -19,11 +19,14 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from ablation.errors import BadInput
 
-class ConfigError(ValueError):
+
+class ConfigError(BadInput):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
+MAX_THREADS = 256  # train.threads and --threads: beyond any machine's cores (libgomp fails far above)
 _ALWAYS = object()  # marker: a field that is part of every run's identity
 
 
@@ -84,7 +87,7 @@ class TrainConfig:
     d_reinit_below: float = Range(0.0, None, default=5e-6)  # re-initialise D when its batch loss falls below
     d_real_label: float = Range(0.5, 1.0, default=1.0, off=1.0)  # D's real target (< 1: one-sided smoothing)
     seed: int = 0
-    threads: int = Range(1, 256, default=1)  # intra-op CPU threads: their count orders reductions (ablation.numerics)
+    threads: int = Range(1, MAX_THREADS, default=1)  # intra-op CPU threads: their count orders reductions (ablation.numerics)
     device: str = Option("auto", neutral=True)
     eval_batch_size: int = Range(1, 1_000_000, default=2048, neutral=True)
     test_every_epoch: bool = Option(False, neutral=True)  # diagnostic curve only: never used for selection

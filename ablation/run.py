@@ -14,9 +14,11 @@ from ablation import numerics, teachers, tracking
 from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, EvalSet, load_data
 from ablation.data.mitdb import Beats
+from ablation.errors import BadInput, NotFound, StoreError
 from ablation.models import family
 from ablation.models.beatgan import BeatGAN
 from ablation.models.ensemble import ensemble
+from ablation.study.queue import worker_alive, worker_id
 from ablation.train.loop import Result, pick_device, train
 
 TEACHER_EXPERIMENT = "teachers"
@@ -57,17 +59,29 @@ def ensure_teacher(cfg: RunConfig, data: DataBundle, device: torch.device, progr
     marked FAILED, and the teacher is trained again."""
     key = run_key(cfg, data.fingerprint)
     with tracking.key_lock(f"teacher-{key}"):
+        close_stale_teachers(key)
         run_id = tracking.find_finished(TEACHER_EXPERIMENT, key) or teachers.import_teacher(key, TEACHER_EXPERIMENT)
         if run_id is not None:
             try:
                 tcfg, state = tracking.load_checkpoint(run_id, device)
                 return run_id, load_model(tcfg, state, device)
-            except (tracking.StoreError, FileNotFoundError) as e:
+            except (StoreError, NotFound) as e:
                 print(f"warning: {e}; training the teacher again", file=sys.stderr)
                 tracking.retire(run_id, str(e))
         run_id = execute(cfg, data=data, device=device, experiment=TEACHER_EXPERIMENT, progress=progress).run_id
         tcfg, state = tracking.load_checkpoint(run_id, device)
         return run_id, load_model(tcfg, state, device)
+
+
+def close_stale_teachers(key: str) -> None:
+    """Close KILLED, with the reason, the RUNNING teacher runs of `key` whose process is gone
+    (killed by SIGKILL, its machine rebooted): a teacher trained elsewhere (its process tag on
+    another host), or by a live process, is left alone."""
+    for r in tracking.keyed_runs(TEACHER_EXPERIMENT, key, "RUNNING"):
+        process = r.data.tags.get("process")
+        if process and not worker_alive(process):
+            tracking.set_tag(r.info.run_id, "failure_reason", f"its process {process} ended without closing it")
+            tracking.set_status(r.info.run_id, "KILLED")
 
 
 def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None = None,
@@ -87,7 +101,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
     numerics.check()
     numerics.deterministic(cfg.train.threads)
     tags = {"role": cfg.role, "run_key": key, "data_fingerprint": data.fingerprint, "device": str(device),
-            "git_commit": tracking.git_commit(), **numerics.record(cfg.train.threads), **(extra_tags or {})}
+            "git_commit": tracking.git_commit(), "process": worker_id(), **numerics.record(cfg.train.threads), **(extra_tags or {})}
     teacher_id, teacher = None, None
     if cfg.reads_teacher():  # the undistilled baseline needs none
         members = [ensure_teacher(t, data if t.data == cfg.data else data.for_config(t.data), device, progress)
@@ -147,28 +161,41 @@ def run_figures(result: Result, test: EvalSet, model: BeatGAN, teacher: BeatGAN 
             "beats": run_page.beat_grid(views)}
 
 
-def score_file(model_ref: str, path: str, device: torch.device, batch_size: int = 4096) -> np.ndarray:
+def score_file(model_ref: str, path: str, device: torch.device, batch_size: int = 4096,
+               leads: int | None = None) -> np.ndarray:
     """Anomaly scores (n,) of the raw beats (n, channels, 320) in the .npy file `path`, min-max
-    normalised per beat as in training, with the model of `model_ref` (run id or checkpoint)."""
+    normalised per beat as in training, with the model of `model_ref` (run id or checkpoint). The
+    beats hold exactly the model's leads, or more when `leads` (the model's count) says to take the first."""
     from ablation.data.mitdb import minmax
     from ablation.train.evaluate import scores
     cfg, state = tracking.load_checkpoint(model_ref, device)
     if cfg.train.score_feat_weight is not None:
-        raise ValueError(f"{model_ref}: its score is standardised on its validation set "
+        raise BadInput(f"{model_ref}: its score is standardised on its validation set "
                          f"(train.score_feat_weight); `score` serves reconstruction-scored models")
     try:
         beats = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a numpy .npy array of beats ({' '.join(str(e).split())[:120]})") from e
+        raise BadInput(f"{path}: not a numpy .npy array of beats ({' '.join(str(e).split())[:120]})") from e
     nc = cfg.data.nc
-    if not isinstance(beats, np.ndarray) or beats.ndim != 3 or beats.shape[2] != 320 or beats.shape[1] < nc:
-        raise ValueError(f"{path}: expected raw beats shaped (n, channels>={nc}, 320), "
-                         f"got {getattr(beats, 'shape', type(beats).__name__)}")
-    if not np.issubdtype(beats.dtype, np.number):
-        raise ValueError(f"{path}: beats must be numbers, got dtype {beats.dtype}")
+    _check_beats(path, beats, nc, leads)
     bad = ~np.isfinite(beats[:, :nc]).all(axis=(1, 2))
     if bad.any():
-        raise ValueError(f"{path}: {int(bad.sum())} of {len(beats)} beats hold NaN or inf "
+        raise BadInput(f"{path}: {int(bad.sum())} of {len(beats)} beats hold NaN or inf "
                          f"(first: beat {int(np.flatnonzero(bad)[0])}); remove or repair them")
     x = torch.from_numpy(minmax(beats[:, :nc].astype(np.float64))).to(device)
     return scores(load_model(cfg, state, device).G, x, batch_size)
+
+
+def _check_beats(path: str, beats, nc: int, leads: int | None) -> None:
+    """Refuse input `score` would misread: not (n, channels, 320), not real numbers, or another lead
+    count than the model's `nc` (more leads only with `leads` == `nc`: the first ones are scored)."""
+    if not isinstance(beats, np.ndarray) or beats.ndim != 3 or beats.shape[2] != 320:
+        raise BadInput(f"{path}: expected raw beats shaped (n, {nc}, 320), "
+                       f"got {getattr(beats, 'shape', type(beats).__name__)}")
+    if not (np.issubdtype(beats.dtype, np.integer) or np.issubdtype(beats.dtype, np.floating)):
+        raise BadInput(f"{path}: beats must be real numbers, got dtype {beats.dtype}")
+    if leads is not None and leads != nc:
+        raise BadInput(f"--leads {leads}: the model reads {nc} lead(s); pass --leads {nc} or leave it out")
+    if beats.shape[1] < nc or (beats.shape[1] > nc and leads is None):
+        hint = f"; pass --leads {nc} to score the first {nc}" if beats.shape[1] > nc else ""
+        raise BadInput(f"{path}: {beats.shape[1]} leads per beat, and the model reads {nc}{hint}")

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ablation import tracking
+from ablation.errors import BadInput
 from ablation.paths import RESULTS, replace_csv
 
 TABLE = "teachers.csv"
@@ -40,7 +41,7 @@ def _sha256(path: Path) -> str:
 
 def export(run_id: str) -> Path:
     """Write the teacher run's checkpoint and its row; a key already committed keeps its teacher
-    (ValueError when this run's checkpoint is not that one)."""
+    (`BadInput` when this run's checkpoint is not that one)."""
     run = tracking.get_run(run_id)
     key = run.data.tags["run_key"]
     cfg, state = tracking.load_checkpoint(run_id)
@@ -54,7 +55,7 @@ def export(run_id: str) -> Path:
         same = _sha256(tmp) == committed["sha256"].iloc[0]
         tmp.unlink()
         if not same:
-            raise ValueError(f"{path}: teacher {key} is already committed (run {committed['run_id'].iloc[0]}) and run "
+            raise BadInput(f"{path}: teacher {key} is already committed (run {committed['run_id'].iloc[0]}) and run "
                              f"{run_id} trained under the same key is another model; a key has one teacher")
         return path
     tmp.replace(path)

@@ -23,6 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ablation.config import DataConfig, RunConfig, flatten, from_dict
+from ablation.errors import BadInput, NotFound, StoreError
 from ablation.paths import PROJECT_ROOT, RUNS
 
 CHECKPOINT = "checkpoint/model.pt"
@@ -34,21 +35,68 @@ MITDB_SOURCE = "https://physionet.org/content/mitdb/1.0.0/"
 PROBE_TIMEOUT_S = 5
 UI_BASE = "http://127.0.0.1:5000"  # `make ui`
 EXPERIMENT_KIND = "mlflow.experimentKind"
-
-
-class StoreError(ValueError):
-    """The tracking store or a stored artifact cannot be used; the message names it and how to recover."""
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
 def _probe_server(uri: str) -> None:
-    """One short request to a tracking server, so that an unreachable one fails in seconds, not minutes."""
+    """One short request to a tracking server, so that an unreachable one fails in seconds, not
+    minutes, and a server that answers is an MLflow one (its /health says OK)."""
     import urllib.error
     import urllib.request
+    not_mlflow = StoreError(f"{uri} answers but is not an MLflow server (GET /health did not say OK); check the "
+                            f"port, or unset MLFLOW_TRACKING_URI to use runs/mlflow.db")
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S).close()
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S) as answer:
+            if answer.read(64).strip() != b"OK":
+                raise not_mlflow
+    except urllib.error.HTTPError as e:  # it answered, with an error status
+        raise not_mlflow from e
     except (urllib.error.URLError, OSError) as e:
         raise StoreError(f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it "
                          f"(make ui) or unset MLFLOW_TRACKING_URI to use runs/mlflow.db") from e
+
+
+def _check_scheme(uri: str) -> None:
+    """Refuse a tracking URI MLflow has no store for, naming the kinds it has."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise StoreError(f"tracking URI {uri}: unknown kind of store; allowed: sqlite:///PATH, http(s)://HOST:PORT "
+                         f"(an MLflow server), postgresql://..., mysql://..., file:PATH (--tracking-uri or "
+                         f"$MLFLOW_TRACKING_URI)")
+
+
+def _check_writable(db: Path) -> None:
+    """A SQLite store that cannot be written fails here, in one line, not at the first run it logs:
+    a write in a transaction, rolled back."""
+    import sqlite3
+    from contextlib import closing
+    if not db.exists():
+        return
+    try:
+        with closing(sqlite3.connect(db, timeout=60, isolation_level=None)) as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("CREATE TABLE _ablation_write_probe (x)")
+            con.execute("ROLLBACK")
+    except sqlite3.DatabaseError as e:
+        if "readonly" not in str(e):
+            return  # a damaged file: the schema check names it
+        raise StoreError(f"{db}: {e} (the file or its folder is read-only for this user); make it writable "
+                         f"or pass --tracking-uri sqlite:///ANOTHER.db") from e
+
+
+@contextmanager
+def _store_lock(db: Path):
+    """The lock beside a SQLite store that serialises its first use (see `setup`)."""
+    lock = db.with_name(db.name + ".lock")
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "w")
+    except OSError as e:
+        raise StoreError(f"{db}: cannot write {lock.name} beside it ({e.strerror}): its folder is read-only for "
+                         f"this user; make it writable or pass --tracking-uri sqlite:///ANOTHER.db") from e
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -64,13 +112,13 @@ def setup(explicit: str | None = None) -> str:
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per checkpoint load
     uri = tracking_uri(explicit)
+    _check_scheme(uri)
     if uri.startswith(("http:", "https:")):
         _probe_server(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        with _store_lock(db):
+            _check_writable(db)
             try:
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # builds the schema if missing
             except Exception as e:  # sqlalchemy / alembic errors of a damaged file
@@ -151,7 +199,7 @@ def find_finished(exp_name: str, run_key: str) -> str | None:
     exp = client.get_experiment_by_name(exp_name)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], f"tags.run_key = '{run_key}' and attributes.status = 'FINISHED'",
+    runs = client.search_runs([exp.experiment_id], _where(_is("tags.run_key", run_key), "attributes.status = 'FINISHED'"),
                               max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
 
@@ -168,7 +216,7 @@ def experiment(name: str):
     return MlflowClient().get_experiment_by_name(name)
 
 
-def search(experiment_name: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
+def _search(experiment_name: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
     """Every run of the experiment matching `filter_string` (all pages); [] when it does not exist."""
     exp = experiment(experiment_name)
     if exp is None:
@@ -183,8 +231,59 @@ def search(experiment_name: str, filter_string: str = "", order_by: list[str] | 
             return out
 
 
+# MLflow's query language stays in this module: the rest of the project asks for runs by what they are.
+def _where(*clauses: str) -> str:
+    """The clauses that are not empty, joined into one MLflow filter string."""
+    return " and ".join(c for c in clauses if c)
+
+
+def _is(field: str, value: str | None) -> str:
+    """``field = 'value'`` (empty when `value` is None); double quotes around a value holding a quote."""
+    if value is None:
+        return ""
+    quote = '"' if "'" in str(value) else "'"
+    return f"{field} = {quote}{value}{quote}"
+
+
+def runs_of(experiment_name: str) -> list:
+    """Every run of the experiment (teachers, parents, trials, searches); [] when it does not exist."""
+    return _search(experiment_name)
+
+
+def trial_runs(study: str, status: str | None = None, key: str | None = None) -> list:
+    """The study's trial runs (tagged with a trial key), only those with `status` (FINISHED, RUNNING
+    ...) and of trial `key` when given."""
+    return _search(study, _where(_is("attributes.status", status), "tags.trial_key != ''",
+                                 _is("tags.trial_key", key)))
+
+
+def keyed_runs(experiment_name: str, run_key: str, status: str | None = None) -> list:
+    """The experiment's runs tagged with `run_key`, only those with `status` when given."""
+    return _search(experiment_name, _where(_is("tags.run_key", run_key), _is("attributes.status", status)))
+
+
+def parent_runs(study: str, tag: str | None = None) -> list:
+    """The study's parent runs (one per scale), only the one tagged `tag` (``study@scale``) when given."""
+    return _search(study, _is("tags.study_parent", tag) or "tags.study_parent != ''")
+
+
+def search_runs(study: str, trial_number: int | None = None) -> list:
+    """The runs of a study's Optuna search (tagged ``search``), newest first, only those of Optuna
+    trial `trial_number` when given."""
+    number = None if trial_number is None else str(trial_number)
+    return _search(study, _where("tags.search = '1'", _is("tags.optuna_trial", number)),
+                   order_by=["attributes.start_time DESC"])
+
+
 def get_run(run_id: str):
-    return MlflowClient().get_run(run_id)
+    """The MLflow run `run_id`; `NotFound` naming it when the store has no such run."""
+    try:
+        return MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise NotFound(f"no MLflow run {run_id!r} in {current_uri()} (run ids: the 32 hexadecimal characters "
+                       f"the MLflow UI and `study` print)") from e
 
 
 def metric_history(run_id: str, key: str) -> list:
@@ -303,23 +402,25 @@ def log_report(run_id: str, folder: Path) -> None:
 
 
 def load_checkpoint(ref: str, device: str | torch.device = "cpu"):
-    """(RunConfig, state) from a checkpoint path or an MLflow run id (``runs:/<id>`` or the bare id)."""
-    path = Path(ref)
+    """(RunConfig, state) from a checkpoint path or an MLflow run id (``runs:/<id>`` or the bare id);
+    errors name the file, or the run (not the temporary copy its checkpoint was downloaded to)."""
+    path, label = Path(ref), ref
     if not path.exists():
         run_id = ref.removeprefix("runs:/").split("/")[0]
         try:
             path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT))
         except Exception as e:
-            raise FileNotFoundError(f"{ref!r} is neither a checkpoint file nor an MLflow run with "
-                                    f"{CHECKPOINT} ({type(e).__name__}: {e})") from e
+            raise NotFound(f"{ref!r} is neither a checkpoint file nor an MLflow run with "
+                           f"{CHECKPOINT} ({type(e).__name__}: {e})") from e
+        label = f"run {run_id}: its {CHECKPOINT}"
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, garbage, or a pickle of something else
-        raise StoreError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+        raise StoreError(f"{label} is not a readable checkpoint ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:160]})") from e
     if not isinstance(blob, dict) or not {"config", "G", "D"} <= set(blob):
-        raise StoreError(f"{path}: not a checkpoint of this project (expected a mapping with config, G and D)")
-    return from_dict(RunConfig, blob["config"], src=str(path)), {"G": blob["G"], "D": blob["D"]}
+        raise StoreError(f"{label} is not a checkpoint of this project (expected a mapping with config, G and D)")
+    return from_dict(RunConfig, blob["config"], src=label), {"G": blob["G"], "D": blob["D"]}
 
 
 def snapshot_refs(run_id: str) -> list[str]:
@@ -338,11 +439,15 @@ def load_scores(run_id: str) -> pd.DataFrame:
 def history(run_id: str) -> pd.DataFrame:
     """Every per-epoch metric of a run, one row per epoch: columns run_id, fold, seed, epoch, then the metrics."""
     client = MlflowClient()
-    run = client.get_run(run_id)
+    run = get_run(run_id)
     per_epoch: dict[int, dict[str, float]] = {}
     for key in sorted(run.data.metrics):
         for m in client.get_metric_history(run_id, key):
             per_epoch.setdefault(int(m.step), {})[key] = m.value
+    if not per_epoch:
+        why = ("it is a study's parent run: its trials are its child runs" if "study_parent" in run.data.tags
+               else "it ended before its first epoch")
+        raise BadInput(f"run {run_id} logged no per-epoch metrics ({why})")
     steps = sorted(per_epoch)
     multi = [k for k in sorted({k for row in per_epoch.values() for k in row})
              if sum(k in per_epoch[s] for s in steps) > 1 or len(steps) == 1]

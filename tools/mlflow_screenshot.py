@@ -166,7 +166,7 @@ def runs_table(study: str, out: str, base: str = tracking.UI_BASE) -> None:
     exp = tracking.experiment(study)
     if exp is None:
         raise SystemExit(f"no MLflow experiment {study!r}")
-    parents = [r.info.run_id for r in tracking.search(study, "tags.study_parent != ''")]
+    parents = [r.info.run_id for r in tracking.parent_runs(study)]
     url = tracking.ui_link(study, base)
     b = Browser()
     try:

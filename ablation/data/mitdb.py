@@ -24,6 +24,7 @@ import scipy.signal
 import wfdb
 from tqdm import tqdm
 
+from ablation.errors import BadInput, UserError
 from ablation.paths import PROJECT_ROOT, RUNS
 
 FS = 360
@@ -45,8 +46,8 @@ SHARED_DIR = PROJECT_ROOT.parent / "shared" / "mitdb"
 CACHE_VERSION = 1
 
 
-class RecordsNotFound(FileNotFoundError):
-    pass
+class RecordsNotFound(UserError, FileNotFoundError):
+    """The MIT-BIH records are in none of the places looked in (the message lists them)."""
 
 
 def _has_records(folder: Path) -> bool:
@@ -112,7 +113,7 @@ def record_beats(folder: Path, record: int, rpeak_check: bool, detector: str) ->
     rec = wfdb.rdrecord(str(folder / str(record)))
     names = list(rec.sig_name)
     if "MLII" not in names:
-        raise ValueError(f"record {record} has no MLII lead (leads: {names})")
+        raise BadInput(f"record {record} has no MLII lead (leads: {names})")
     mlii = names.index("MLII")
     other = next(i for i in range(len(names)) if i != mlii)
     sig = bandpass(rec.p_signal[:, [mlii, other]].T, rec.fs)  # (2, T)

@@ -32,6 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from ablation import tracking
+from ablation.errors import BadInput, NotFound
 
 METRICS = ("test_auc", "test_ap", "test_f1")
 METRIC_LABELS = {"test_auc": "test AUC", "test_ap": "test AP", "test_f1": "best test F1"}
@@ -157,7 +158,7 @@ def resolve_baseline(variants: Sequence[str], baseline: str | None) -> str:
     matches = [v for v in variants if v.split("/")[0] == baseline]
     if len(matches) == 1:
         return matches[0]
-    raise ValueError(f"baseline {baseline!r} is not a variant of this study; variants: {', '.join(variants)}")
+    raise BadInput(f"baseline {baseline!r} is not a variant of this study; variants: {', '.join(variants)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,10 +619,10 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     exp = tracking.experiment(study)
     uri = tracking.current_uri()
     committed = results.load(study)
-    raw = runs_frame(tracking.search(study, "tags.trial_key != ''")) if exp is not None else pd.DataFrame()
+    raw = runs_frame(tracking.trial_runs(study)) if exp is not None else pd.DataFrame()
     if raw.empty and committed.empty:
         where = f"no MLflow experiment {study!r}" if exp is None else f"experiment {study!r} has no study runs"
-        raise LookupError(f"{where} in {uri} and no {results.results_path(study)}; "
+        raise NotFound(f"{where} in {uri} and no {results.results_path(study)}; "
                           f"run `python -m ablation study {study}` first")
     raw = _with_committed(raw, committed)
     notes: list[str] = []
@@ -638,7 +639,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
                      + "); pass scale= to report one of them")
     runs, counts = keep_latest(raw[scales == scale])
     if runs.empty:
-        raise LookupError(f"study {study!r} (scale {scale}) has no FINISHED runs in {uri}")
+        raise NotFound(f"study {study!r} (scale {scale}) has no FINISHED runs in {uri}")
     if counts["not_finished"]:
         notes.append(f"left out: {counts['not_finished']} runs not FINISHED (failed, killed or running)")
     if counts["repeated"]:
@@ -652,7 +653,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     runs, screen = split_stages(runs, notes)
     summary = summarize(runs, baseline)
     base = summary.attrs["baseline"]
-    parents = tracking.search(study, "tags.study_parent != ''")
+    parents = tracking.parent_runs(study)
     parents = [p for p in parents if p.data.tags.get("scale") in (scale, None)] or parents
     description = parents[0].data.tags.get("mlflow.note.content", "") if parents else ""
     from ablation.study.reproduce import noise_floor

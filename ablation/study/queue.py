@@ -22,6 +22,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import get_lock_file
 from optuna.trial import TrialState
 
+from ablation.errors import StoreError
 from ablation.paths import RUNS
 
 HEARTBEAT_S = 30
@@ -61,12 +62,29 @@ def open_storage(url: str | None = None):
         try:
             return JournalStorage(JournalFileBackend(str(path)))
         except (ValueError, KeyError) as e:  # json errors are ValueErrors
-            raise ValueError(f"{path}: the trial queue's journal is damaged ({e}); move it aside (finished "
+            raise StoreError(f"{path}: the trial queue's journal is damaged ({e}); move it aside (finished "
                              f"trials are kept in MLflow and results/, and are queued again as needed)") from e
-    if url.startswith("sqlite:"):
-        return RDBStorage(url)
-    return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                      engine_kwargs={"pool_pre_ping": True})
+    if url.startswith("sqlite:///"):
+        folder = Path(url[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise StoreError(f"--storage {url}: the folder {folder} does not exist; create it first")
+        return _rdb(url)
+    if url.startswith("postgresql"):
+        return _rdb(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, engine_kwargs={"pool_pre_ping": True})
+    raise StoreError(f"--storage {url}: unknown kind of store; allowed: journal:PATH, sqlite:///PATH, "
+                     f"postgresql+psycopg2://USER@HOST/DB")
+
+
+def _rdb(url: str, **kwargs) -> RDBStorage:
+    """An Optuna RDB storage; `StoreError` naming the URL (password hidden) when it cannot be opened."""
+    import sqlalchemy
+    try:
+        return RDBStorage(url, **kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as e:
+        shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200]
+        raise StoreError(f"cannot open the trial queue {shown} ({type(e).__name__}: {reason}); check that the "
+                         f"server runs and the URL, or leave --storage out for the local journal") from e
 
 
 def is_local(storage) -> bool:
@@ -105,6 +123,14 @@ def reconcile(study: optuna.Study, storage, keys: list[str], finished: set[str],
             study.enqueue_trial({}, user_attrs={"trial_key": key})
     return {"finished": len(finished & set(keys)), "interrupted": stale,
             "to_run": len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))}
+
+
+def running_elsewhere(study: optuna.Study, storage) -> dict[str, str]:
+    """Trial key -> worker (``host:pid``) of the queue's RUNNING trials that another live process
+    holds (with a heartbeat storage every RUNNING trial: a dead worker's is failed by its heartbeat)."""
+    return {t.user_attrs["trial_key"]: t.user_attrs.get("worker", "?")
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("trial_key") and (not is_local(storage) or worker_alive(t.user_attrs.get("worker")))}
 
 
 def worker_id() -> str:

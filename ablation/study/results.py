@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablation import tracking
+from ablation.errors import BadInput, StoreError
 from ablation.paths import RESULTS, replace_csv
 
 IDENTITY = ["trial_key", "run_id", "status", "scale", "stage", "variant", "base_variant", "fold", "seed"]
@@ -32,7 +33,7 @@ CONTEXT = ["teacher_run_id", "teacher_run_ids", "teacher_test_auc", "teacher_tes
 def results_path(study: str) -> Path:
     """``results/<study>.csv``; a study name is a plain file name (no folders)."""
     if not study or Path(study).name != study or study.startswith("."):
-        raise ValueError(f"study name {study!r} must be a plain name (letters, digits, - _ .), not a path")
+        raise BadInput(f"study name {study!r} must be a plain name (letters, digits, - _ .), not a path")
     return RESULTS / f"{study}.csv"
 
 
@@ -44,7 +45,7 @@ def load(study: str) -> pd.DataFrame:
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable results table ({e}); restore it with git checkout") from e
+        raise StoreError(f"{path}: not a readable results table ({e}); restore it with git checkout") from e
 
 
 def finished_keys(study: str, scale: str) -> set[str]:

@@ -24,9 +24,10 @@ import yaml
 from optuna.trial import TrialState
 
 from ablation import tracking
-from ablation.config import RunConfig
+from ablation.config import ConfigError, RunConfig
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats, Protocol, load_beats
+from ablation.errors import NotFound, UserError
 from ablation.paths import RUNS
 from ablation.run import TEACHER_EXPERIMENT, ensure_teacher, execute, run_key
 from ablation.study import queue, results
@@ -34,6 +35,7 @@ from ablation.study.spec import StudySpec, Trial
 from ablation.study.stages import confirmation
 from ablation.train.loop import pick_device
 
+RUNNING_ELSEWHERE = "RUNNING elsewhere"  # a summary status: a trial another live process is training
 SUMMARY_COLUMNS = ["trial", "status", "best_epoch", "best_val_auc", "test_auc", "test_ap", "test_f1", "minutes"]
 
 
@@ -50,7 +52,7 @@ def queue_name(spec: StudySpec) -> str:
 def finished_keys(spec: StudySpec) -> set[str]:
     """Trial keys with a FINISHED run in MLflow or a row in the committed results table."""
     mlflow_keys = {r.data.tags["trial_key"]
-                   for r in tracking.search(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")}
+                   for r in tracking.trial_runs(spec.name, "FINISHED")}
     return mlflow_keys | results.finished_keys(spec.name, spec.scale)
 
 
@@ -58,10 +60,9 @@ def export_results(spec: StudySpec) -> None:
     """Rewrite ``results/<study>.csv`` from MLflow's finished runs of the study (rows of other
     machines kept): the per-run table that is committed."""
     from ablation.report.aggregate import attach_teachers, fetch_teachers, keep_latest, runs_frame
-    found = tracking.search(spec.name, "attributes.status = 'FINISHED' and tags.trial_key != ''")
-    if not found:
+    runs, _ = keep_latest(runs_frame(tracking.trial_runs(spec.name, "FINISHED")))
+    if runs.empty:
         return
-    runs, _ = keep_latest(runs_frame(found))
     results.write(spec.name, attach_teachers(runs, fetch_teachers(runs)))
 
 
@@ -72,12 +73,27 @@ def confirmation_stage(spec: StudySpec) -> StudySpec:
     return confirmation(spec, results.load(spec.name))
 
 
+def find_parent(spec: StudySpec) -> str | None:
+    """The study's parent run, None when the study was never started."""
+    found = tracking.parent_runs(spec.name, study_tag(spec))
+    return found[0].info.run_id if found else None
+
+
+def joined_parent(spec: StudySpec) -> str:
+    """The parent run a `worker` joins; `NotFound` when no `study` run started the study."""
+    parent = find_parent(spec)
+    if parent is None:
+        raise NotFound(f"study {spec.name} (scale {spec.scale}) has not been started in {tracking.current_uri()}: "
+                       f"a worker joins a running study; start it with `python -m ablation study {spec.path}`")
+    return parent
+
+
 def parent_run(spec: StudySpec) -> str:
     """The study's parent run, created on the first run and reused on every rerun."""
     tag = study_tag(spec)
-    found = tracking.search(spec.name, f"tags.study_parent = '{tag}'")
+    found = find_parent(spec)
     if found:
-        return found[0].info.run_id
+        return found
     return tracking.create_run(spec.name, f"study {tag}",
                                {"study_parent": tag, "study": spec.name, "scale": spec.scale,
                                 "mlflow.note.content": f"{spec.description}\n{spec.scale_summary}"})
@@ -103,7 +119,7 @@ def study_beats(spec: StudySpec, mitdb: str | None, beats: Beats | None) -> Beat
         return beats
     protocols = {Protocol(t.config.data.rpeak_check, t.config.data.rpeak_detector) for t in spec.trials}
     if len(protocols) > 1:
-        raise ValueError(f"{spec.path}: all trials of a study must share the data protocol (rpeak settings)")
+        raise ConfigError(f"{spec.path}: all trials of a study must share the data protocol (rpeak settings)")
     return load_beats(protocols.pop(), mitdb)
 
 
@@ -146,7 +162,7 @@ def _run_at_most(cmds: list[list[str]], slots: int) -> None:
             running.remove(p)
             failed += [p] if p.returncode else []
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(cmds)} teacher runs failed (exit {failed[0].returncode}: "
+        raise StudyIncomplete(f"{len(failed)} of {len(cmds)} teacher runs failed (exit {failed[0].returncode}: "
                            f"{' '.join(failed[0].args[:6])} ...); their errors are printed above")
 
 
@@ -156,6 +172,7 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     """Run every unfinished trial of `spec` and return the summary table; a whole screen of a staged
     study goes on to its confirmation unless `then_confirm` is False (the rows of both, with a
     `stage` column)."""
+    storage = queue.open_storage(storage_url)  # an unusable queue fails before any teacher trains
     own_beats = beats is None  # beats handed in (tests) cannot reach a teacher process
     beats = study_beats(spec, mitdb, beats)
     dev = pick_device(device or spec.trials[0].config.train.device)
@@ -163,7 +180,6 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     ensure_teachers([t.config for t in spec.trials if t.key not in done], beats, dev, progress,
                     workers=workers if own_beats else 1, mitdb=mitdb, device_name=device)
     parent = parent_run(spec)
-    storage = queue.open_storage(storage_url)
     study = queue.open_study(queue_name(spec), storage)
     try:
         with study_lock(spec) as owner:
@@ -178,11 +194,11 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     except BaseException:
         tracking.set_status(parent, "KILLED")
         raise
-    complete = finished_keys(spec) >= {t.key for t in spec.trials}
-    # a finished part of a study run in parts, or a screen, leaves its parent SCHEDULED: more may follow
-    more = spec.part or spec.stage == "screen"
-    tracking.set_status(parent, ("SCHEDULED" if more else "FINISHED") if complete else "FAILED")
-    table = summary(spec)
+    elsewhere = queue.running_elsewhere(study, storage)
+    missing = {t.key for t in spec.trials} - finished_keys(spec)
+    if not close_parent(spec, parent) and not missing <= set(elsewhere):
+        tracking.set_status(parent, "FAILED")  # else the process of the last trial closes it
+    table = summary(spec, elsewhere)
     if table["status"].str.startswith("FINISHED").any():
         try:
             attach_report(spec, parent)
@@ -193,7 +209,8 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
     for line in teacher_lines(spec, beats.fingerprint):
         print(line, flush=True)
     print(f"MLflow: {tracking.ui_link(spec.name)} (make ui)", flush=True)
-    unfinished = table[~table["status"].str.startswith("FINISHED")]
+    _say_running_elsewhere(spec, {k: w for k, w in elsewhere.items() if k in missing})
+    unfinished = table[~table["status"].str.startswith("FINISHED") & (table["status"] != RUNNING_ELSEWHERE)]
     if len(unfinished):
         counts = ", ".join(f"{s}: {n}" for s, n in unfinished["status"].value_counts().items())
         raise StudyIncomplete(f"study {spec.name}: {len(unfinished)} of {len(table)} trials did not finish ({counts}; "
@@ -216,8 +233,28 @@ def attach_report(spec: StudySpec, parent: str) -> None:
         tracking.log_report(parent, Path(tmp))
 
 
-class StudyIncomplete(ValueError):
-    """Some trials of a study failed; the others finished (the CLI exits non-zero)."""
+def close_parent(spec: StudySpec, parent: str) -> bool:
+    """End the parent run FINISHED when every trial of `spec` is finished (SCHEDULED for a part of a
+    study run in parts or a screen: more may follow); True then."""
+    if not finished_keys(spec) >= {t.key for t in spec.trials}:
+        return False
+    # a finished part of a study run in parts, or a screen, leaves its parent SCHEDULED: more may follow
+    tracking.set_status(parent, "SCHEDULED" if spec.part or spec.stage == "screen" else "FINISHED")
+    return True
+
+
+def _say_running_elsewhere(spec: StudySpec, elsewhere: dict[str, str]) -> None:
+    """Say which trials other live processes are training (not a failure: they finish there)."""
+    if elsewhere:
+        n = len(elsewhere)
+        print(f"study {spec.name}: {n} trial{'s are' if n > 1 else ' is'} still running in another process "
+              f"({', '.join(sorted(set(elsewhere.values())))}): {'they finish' if n > 1 else 'it finishes'} "
+              f"there, and the last to finish closes the parent run", flush=True)
+
+
+class StudyIncomplete(UserError):
+    """Some trials of a study, or teacher runs it needs, failed (each with its reason, in MLflow or
+    printed by its process); the others finished. The CLI says so in one line and exits 2."""
 
 
 def spawn_workers(spec: StudySpec, workers: int, storage_url: str | None, parent: str,
@@ -253,7 +290,7 @@ def _claim(study) -> tuple[object, str] | None:
 
 def _kill_stale_runs(spec: StudySpec, key: str) -> None:
     """A RUNNING MLflow run of a trial we now hold belonged to a worker that died."""
-    for r in tracking.search(spec.name, f"attributes.status = 'RUNNING' and tags.trial_key = '{key}'"):
+    for r in tracking.trial_runs(spec.name, "RUNNING", key):
         tracking.set_status(r.info.run_id, "KILLED")
 
 
@@ -300,6 +337,7 @@ def run_worker(spec: StudySpec, storage_url: str | None, parent_run_id: str, bea
         export_results(spec)
         done += 1
         print(f"{label}: done, best val AUC {value:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
+    close_parent(spec, parent_run_id)  # this worker may have run the study's last trial
     return done
 
 
@@ -324,10 +362,11 @@ def teacher_lines(spec: StudySpec, data_fingerprint: str) -> list[str]:
     return lines
 
 
-def summary(spec: StudySpec) -> pd.DataFrame:
-    """One row per trial of the study file: its latest run's status and metrics."""
+def summary(spec: StudySpec, elsewhere: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per trial of the study file: its latest run's status and metrics (RUNNING_ELSEWHERE
+    for an unfinished trial of `elsewhere`: keys another live process is training)."""
     latest: dict[str, object] = {}
-    for r in sorted(tracking.search(spec.name, "tags.trial_key != ''"), key=lambda r: r.info.start_time):
+    for r in sorted(tracking.trial_runs(spec.name), key=lambda r: r.info.start_time):
         k = r.data.tags["trial_key"]
         if k not in latest or latest[k].info.status != "FINISHED":
             latest[k] = r
@@ -341,6 +380,8 @@ def summary(spec: StudySpec) -> pd.DataFrame:
         if status != "FINISHED" and t.key in committed.index:  # trained on another machine
             m, status = committed.loc[t.key].to_dict(), "FINISHED (results/)"
             minutes = m.get("train_wall_seconds", float("nan")) / 60
+        elif status != "FINISHED" and t.key in (elsewhere or {}):
+            status = RUNNING_ELSEWHERE
         rows.append({"trial": f"{t.name} f{t.axes['fold']} s{t.axes['seed']}",
                      "status": status, "best_epoch": m.get("best_epoch"),
                      "best_val_auc": m.get("best_val_auc"), "test_auc": m.get("test_auc"),

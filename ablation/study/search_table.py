@@ -17,6 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from ablation import tracking
+from ablation.errors import BadInput
 from ablation.paths import replace_csv
 from ablation.study.results import results_path
 
@@ -77,6 +78,6 @@ def replay(study_name: str, scale: str, study: optuna.Study, params: dict) -> in
                 params=values, distributions=dists, user_attrs=json.loads(r.user_attrs), system_attrs={},
                 intermediate_values={int(k): v for k, v in json.loads(r.intermediate).items()}))
         except ValueError as e:
-            raise ValueError(f"{path}: trial {r.number} does not fit the search space of {study_name} ({e}); "
+            raise BadInput(f"{path}: trial {r.number} does not fit the search space of {study_name} ({e}); "
                              f"move the table aside to start a new search") from e
     return len(rows)

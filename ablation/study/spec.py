@@ -146,6 +146,17 @@ def _grid(grid: Any, where: str, src: str) -> dict[str, list]:
     return grid
 
 
+def _base(d: dict, src: str) -> dict:
+    """The study's `base` run config as a mapping ({} when absent: the variants set every key)."""
+    if "base" in d and d["base"] is None:
+        raise ConfigError(f"{src}: `base` is null: it must map config sections (data, model, train, distill) to "
+                          f"their keys; remove the line to start from the defaults")
+    base = d.get("base", {})
+    if not isinstance(base, dict):
+        raise ConfigError(f"{src}: `base` must map config sections (data, model, train, distill), got {base!r}")
+    return base
+
+
 def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | None = MAX_TRIALS) -> StudySpec:
     """Expand and validate a study file; any error names the file and the key path. A study of more
     than `max_trials` trials is refused before it is expanded (None: no limit)."""
@@ -166,7 +177,7 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
     unknown = sorted(set(d) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"{src}: unknown key `{unknown[0]}`; allowed keys: {', '.join(sorted(TOP_KEYS))}")
-    base = d.get("base") or {}
+    base = _base(d, src)
     scales = d.get("scales") or {"cpu": {}}
     if scale not in scales:
         raise ConfigError(f"{src}: `scales` has no {scale!r}; allowed values: {', '.join(scales)}")

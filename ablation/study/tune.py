@@ -31,6 +31,7 @@ from ablation import tracking
 from ablation.config import ConfigError, Range, RunConfig, from_dict, set_dotted
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats
+from ablation.errors import NotFound
 from ablation.paths import DASHBOARDS
 from ablation.run import execute
 from ablation.study import queue, search_table
@@ -314,8 +315,7 @@ def _dotted_get(d: dict, dotted: str) -> Any:
 
 def _mark_last(experiment: str, number: int, state: str) -> None:
     """Tag the MLflow run of Optuna trial `number` with its final Optuna state."""
-    runs = tracking.search(experiment, f"tags.search = '1' and tags.optuna_trial = '{number}'",
-                           order_by=["attributes.start_time DESC"])
+    runs = tracking.search_runs(experiment, number)
     if runs:
         tracking.set_tag(runs[0].info.run_id, "optuna_state", state)
 
@@ -325,7 +325,7 @@ def tag_best(study: optuna.Study, spec: StudySpec) -> None:
     if tracking.experiment(spec.name) is None or not study.get_trials(states=(TrialState.COMPLETE,)):
         return
     best = str(study.best_trial.number)
-    for r in tracking.search(spec.name, "tags.search = '1'"):
+    for r in tracking.search_runs(spec.name):
         tracking.set_tag(r.info.run_id, "best_trial", str(r.data.tags.get("optuna_trial") == best).lower())
 
 
@@ -363,7 +363,7 @@ def tune(spec: StudySpec, storage: str | None, search: bool = True, confirm: boo
         return
     study = open_search(spec, parse_search(spec), storage)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise LookupError(f"no finished trial of the search {tune_name(spec)!r} (Optuna storage or "
+        raise NotFound(f"no finished trial of the search {tune_name(spec)!r} (Optuna storage or "
                           f"{search_table.table_path(spec.name)}) to confirm; run `python -m ablation tune {spec.name}` first")
     conf = confirm_spec(spec, study, list(folds), list(seeds))
     run_study(conf, storage_url=storage, mitdb=mitdb, device=device)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ablation.config import RunConfig, TrainConfig
 from ablation.data.augment import warp_fraction
 from ablation.data.dataset import DataBundle
+from ablation.errors import BadInput, UserError
 from ablation.models import family
 from ablation.models.beatgan import BeatGAN, init_weights
 from ablation.train.checkpoints import Checkpoints, Snapshot
@@ -37,8 +38,8 @@ from ablation.train.rescore import score_sets
 from ablation.train.step import Terms
 
 
-class Diverged(RuntimeError):
-    """A loss became NaN or infinite."""
+class Diverged(UserError, RuntimeError):
+    """A loss became NaN or infinite: an outcome of the config (its learning rates, weights), not a defect."""
 
 
 @dataclass
@@ -55,13 +56,13 @@ class Result:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; ValueError otherwise."""
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; `BadInput` otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise ValueError(f"device {name!r} is not one of: auto, cpu, cuda, cuda:N")
+        raise BadInput(f"device {name!r} is not one of: auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+        raise BadInput(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
     return torch.device(name)
 
 
@@ -99,7 +100,7 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
     data = dataclasses.replace(data, val=dataclasses.replace(data.val, x=data.val.x.to(device)))  # once, not per check
     n_batches = len(train_x) // tc.batch_size  # drop the last partial batch, as BeatGAN does
     if n_batches == 0:
-        raise ValueError(f"train set has {len(train_x)} beats, fewer than one batch of {tc.batch_size}")
+        raise BadInput(f"train set has {len(train_x)} beats, fewer than one batch of {tc.batch_size}")
     averaged = Averaged(G, tc.ema) if tc.ema > 0 else None
     G_eval = averaged.model if averaged else G
     # optional speed-ups (CUDA above all): bf16 autocast of the training forwards, torch.compile

@@ -82,7 +82,7 @@ def test_the_cli_trains_distils_and_scores_the_tiny_config(tracking_store, synth
     monkeypatch.setattr(dataset, "load_beats", lambda *a, **k: synthetic)  # the records' stand-in
     assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--experiment", "anobeat_cli",
                  "--device", "cpu", "--threads", "1"]) == 0
-    (run,) = tracking.search("anobeat_cli")
+    (run,) = tracking.runs_of("anobeat_cli")
     assert run.info.status == "FINISHED" and run.data.params["model.family"] == "anobeat"
     teacher = MlflowClient().get_run(run.data.tags["teacher_run_id"])
     assert teacher.data.params["model.family"] == "anobeat" and "loss_kd_recon" in run.data.metrics

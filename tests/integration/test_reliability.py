@@ -164,6 +164,8 @@ def test_a_huge_grid_is_refused_before_it_is_expanded(tmp_path):
     ("- a\n- b\n", "must hold a mapping"),
     ("name: ../escape\n", "must be a plain name"),
     ("name: x\nbase: {role: teacher, distill: {kd: {kind: recon}}}\n", "`distill` is set on a role: teacher"),
+    ("name: x\nbase: null\n", "`base` is null: it must map config sections"),
+    ("name: x\nbase: [1]\n", "`base` must map config sections"),
 ])
 def test_bad_study_files_are_one_line_errors(tmp_path, capsys, text, message):
     path = _write(tmp_path, text)
@@ -193,6 +195,12 @@ def test_threads_must_be_positive(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--threads", "-3"])
     assert e.value.code == 2 and "'-3' is not a positive integer" in capsys.readouterr().err
+
+
+def test_threads_are_bounded(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--threads", "1000000000"])
+    assert e.value.code == 2 and "--threads: '1000000000' is more than 256" in capsys.readouterr().err
 
 
 def test_score_refuses_bad_beats_and_bad_checkpoints(tmp_path, capsys, tracking_store, synthetic):
@@ -299,5 +307,59 @@ def test_sigterm_and_sigint_end_a_training_run_as_killed_with_its_reason(tmp_pat
     proc.send_signal(sig)
     proc.wait(timeout=120)
     after = client.get_run(run.info.run_id)
-    assert proc.returncode != 0
+    assert proc.returncode == 128 + sig
     assert after.info.status == "KILLED" and after.data.tags["failure_reason"].startswith(reason)
+    if sig == signal.SIGINT:  # Ctrl-C: one line, no traceback
+        err = proc.stderr.read()
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)"), err[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# a teacher run whose process was killed (SIGKILL) is closed, not left RUNNING
+# ------------------------------------------------------------------------------------------------
+def test_a_teacher_run_left_running_by_a_dead_process_is_closed_killed(tracking_store, synthetic):
+    from ablation.data.dataset import load_data
+    from ablation.run import TEACHER_EXPERIMENT, ensure_teacher, run_key
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL, "train": {"epochs": 1, "device": "cpu", "seed": 43},
+                                "data": {"train_subset": 256}})
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    key = run_key(cfg, data.fingerprint)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    client = MlflowClient()
+    exp = tracking.experiment_id(TEACHER_EXPERIMENT)
+    host = socket.gethostname()
+    try:
+        killed = client.create_run(exp, tags={"run_key": key, "process": f"{host}:{dead.pid}"}).info.run_id
+        live = client.create_run(exp, tags={"run_key": key, "process": f"{host}:{alive.pid}"}).info.run_id
+        run_id, _ = ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+        assert client.get_run(live).info.status == "RUNNING"  # another process still trains it
+    finally:
+        alive.kill()
+    after = client.get_run(killed)
+    assert after.info.status == "KILLED" and f"{host}:{dead.pid}" in after.data.tags["failure_reason"]
+    assert client.get_run(run_id).data.tags["process"] == f"{host}:{os.getpid()}"
+
+
+# ------------------------------------------------------------------------------------------------
+# a trial another live process is training: said so, and the parent is not FAILED
+# ------------------------------------------------------------------------------------------------
+def test_a_trial_running_in_another_live_process_is_not_a_failure(tmp_path, tracking_store, synthetic, capsys):
+    from ablation.study.runner import queue_name, run_study
+    d = {"name": "beside_a_worker", "base": tiny_dict("teacher"), "seeds": [0, 1]}
+    spec = load_study(_write(tmp_path, d))
+    storage = f"journal:{tmp_path / 'q.log'}"
+    study = queue.open_study(queue_name(spec), queue.open_storage(storage))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        study.enqueue_trial({}, user_attrs={"trial_key": spec.trials[0].key})
+        study.ask().set_user_attr("worker", f"{socket.gethostname()}:{other.pid}")  # the other process's trial
+        table = run_study(spec, storage_url=storage, beats=synthetic, progress=False)
+    finally:
+        other.kill()
+    out = capsys.readouterr().out
+    assert f"1 trial is still running in another process ({socket.gethostname()}:{other.pid})" in out
+    assert list(table.status) == ["RUNNING elsewhere", "FINISHED"]
+    parent = MlflowClient().search_runs([tracking.experiment(spec.name).experiment_id], "tags.study_parent != ''")
+    assert [p.info.status for p in parent] == ["RUNNING"]

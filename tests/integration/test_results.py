@@ -143,11 +143,11 @@ def test_reproduce_retrains_committed_trials_in_a_scratch_store(tmp_path, tracki
     from ablation.study.reproduce import reproduce
     from ablation.study.spec import select_part
     spec = run_tiny_study(tmp_path, name="reproduce_tiny", seeds=(0,))
-    before = len(tracking.search("reproduce_tiny", ""))
+    before = len(tracking.runs_of("reproduce_tiny"))
     part = select_part(spec, variants=["kd_score_kl"])
     table = reproduce(part, beats=synthetic, device="cpu", progress=False)
     assert list(table["identical"]) == [True] and list(table["match"]) == ["weights SHA-256"]
-    assert len(tracking.search("reproduce_tiny", "")) == before  # nothing written to this store
+    assert len(tracking.runs_of("reproduce_tiny")) == before  # nothing written to this store
     committed = results.load("reproduce_tiny")
     committed["weights_sha256"] = "f" * 64
     committed.to_csv(results.results_path("reproduce_tiny"), index=False)

@@ -93,7 +93,7 @@ def study_parent(tracking_store, tmp_path_factory) -> str:
     """The parent run of a tiny study (2 variants, 1 seed) run to its end."""
     from support.report_samples import run_tiny_study
     run_tiny_study(tmp_path_factory.mktemp("page_study"), "page_study", seeds=(0,))
-    (parent,) = tracking.search("page_study", "tags.study_parent != ''")
+    (parent,) = tracking.parent_runs("page_study")
     return parent.info.run_id
 
 

@@ -110,6 +110,7 @@ def test_bf16_autocast_trains_close_to_fp32(synthetic, single_thread):
     assert bf16["loss_g_rec"] == pytest.approx(fp32["loss_g_rec"], rel=0.05)
 
 
+@pytest.mark.subprocess  # torch.compile runs a C++ compiler in worker processes
 def test_compiled_training_matches_eager(synthetic, single_thread):
     data = load_data(_tiny().data, beats=synthetic, progress=False)
     eager = train(_tiny(), data, pick_device("cpu"), progress=False).history[0]
