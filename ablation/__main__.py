@@ -139,11 +139,11 @@ def cmd_score(args) -> None:
 def cmd_bn_check(args) -> None:
     """Validation and test AUC of trained models under each BatchNorm treatment (eval mode with the
     stored statistics, per-batch statistics as BeatGAN's reference validates, statistics recomputed
-    on validation or training beats): see ablation.train.bn_check."""
+    on validation or training beats): see ablation.analysis.bn_check."""
     from ablation import tracking
     from ablation.data.dataset import load_data
     from ablation.run import load_model
-    from ablation.train.bn_check import bn_modes
+    from ablation.analysis.bn_check import bn_modes
     from ablation.train.loop import pick_device
     csv = _output_file("--csv", args.csv) if args.csv else None
     _threads(args.threads)
@@ -242,14 +242,14 @@ def cmd_tune(args) -> None:
 
 def cmd_rescore(args) -> None:
     """Test AUC of trained models with the D-feature residual added to the score (f-AnoGAN's idea),
-    its weight chosen on validation: see ablation.train.rescore."""
+    its weight chosen on validation: see ablation.analysis.rescore."""
     import pandas as pd
 
     from ablation import tracking
     from ablation.data.dataset import load_data
     from ablation.run import load_model
     from ablation.train.loop import pick_device
-    from ablation.train.rescore import rescore
+    from ablation.analysis.rescore import rescore
     _threads(args.threads)
     tracking.setup(args.tracking_uri)
     device = pick_device(args.device or "auto")
@@ -268,7 +268,7 @@ def cmd_rescore(args) -> None:
 
 def cmd_ensemble(args) -> None:
     """Test AUC of an ensemble of trained models (mean of their scores standardised on validation
-    normals) for K = 1..n members in the order given: see ablation.train.ensemble."""
+    normals) for K = 1..n members in the order given: see ablation.analysis.ensemble."""
     import pandas as pd
 
     from ablation import tracking
@@ -315,7 +315,7 @@ def _ensemble_table(runs: list[str], snapshots: bool, mitdb: str | None, device,
     from ablation import tracking
     from ablation.data.dataset import load_data
     from ablation.run import load_model
-    from ablation.train.ensemble import curve, member
+    from ablation.analysis.ensemble import curve, member
     refs = [(f"{r}:{i}", p) for r in runs for i, p in enumerate(tracking.snapshot_refs(r))] \
         if snapshots else [(r, r) for r in runs]
     if not refs:

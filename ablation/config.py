@@ -368,9 +368,12 @@ def _check_registered(obj, src: str, prefix: str) -> None:
         seeds = obj.teacher_seeds
         if len(seeds) < 2 or len(set(seeds)) != len(seeds):
             raise ConfigError(f"{src}: `{prefix}.teacher_seeds` must list two or more distinct seeds, got {seeds}")
-        if obj.features or obj.kd.kind == "latent":
-            raise ConfigError(f"{src}: `{prefix}.teacher_seeds`: an ensemble's members' features and latent codes "
-                              f"do not correspond; use output KD (recon, score_kl, score_nce, disc) without features")
+        from ablation.distill.kd import KD_KINDS
+        if obj.features or not KD_KINDS[obj.kd.kind].ensemble_ok:
+            ok = ", ".join(k for k, c in KD_KINDS.items() if c.ensemble_ok and c.reads)
+            what = "features" if obj.features else f"outputs read by KD kind {obj.kd.kind!r}"
+            raise ConfigError(f"{src}: `{prefix}.teacher_seeds`: an ensemble's members' {what} do not correspond; "
+                              f"use output KD ({ok}) without features")
     if isinstance(obj, KDConfig):
         from ablation.distill.kd import KD_KINDS
         if obj.kind not in KD_KINDS:

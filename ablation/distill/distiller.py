@@ -17,6 +17,8 @@ The teacher is frozen. Its BatchNorm mode is explicit: ``eval`` (running statist
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +29,15 @@ from ablation.distill.kd import KD_KINDS, Outputs
 from ablation.distill.positions import Position
 from ablation.models.beatgan import BeatGAN, anomaly_score, bn_before
 
+# The student's `Outputs` fields a KD kind may read (its ``student_reads``), per step, built from
+# the step's beats x, the student's reconstruction, its latent code (G step only) and its taps.
+STUDENT_OUTPUTS: dict[str, dict[str, Callable[..., Tensor]]] = {
+    "G": {"score": lambda x, fake, latent, taps: anomaly_score(x, fake),
+          "recon": lambda x, fake, latent, taps: fake,
+          "latent": lambda x, fake, latent, taps: latent.flatten(1)},
+    "D": {"logit_real": lambda x, fake, latent, taps: taps["real:disc.5.pre"].flatten(),
+          "logit_fake": lambda x, fake, latent, taps: taps["fake:disc.5.pre"].flatten()},
+}
 PREPARE_BEATS = 4096  # teacher beats used by distances that fit something first (ft, partial_l2 w/o BN)
 CACHE_BYTES = 2 * 1024 ** 3  # cap on the teacher outputs cached for the real training beats
 
@@ -199,21 +210,11 @@ class Distiller(nn.Module):
                 idx: Tensor | None = None) -> dict[str, Tensor]:
         """G-step terms; `idx` (B,) are the batch's indices into the training set (enables the cache;
         -1 for a beat that was augmented)."""
-        t_taps, t_out = self._teacher("G", x, fake, idx)
-        raw = {t.name: (t.weight, t(taps, t_taps)) for t in self.features if t.step == "G"}
-        if self.kd.reads and self.kd.step == "G":
-            s_out = Outputs(score=anomaly_score(x, fake), recon=fake, latent=latent.flatten(1))
-            raw[self.kd_name] = (self.cfg.kd.weight, self.kd(s_out, t_out))
-        return self._weighted(raw)
+        return self._terms("G", x, fake, latent, taps, idx)
 
     def d_terms(self, x: Tensor, fake: Tensor, taps: dict[str, Tensor], idx: Tensor | None = None) -> dict[str, Tensor]:
         """D-step terms; `idx` as in `g_terms`."""
-        t_taps, t_out = self._teacher("D", x, fake, idx)
-        raw = {t.name: (t.weight, t(taps, t_taps)) for t in self.features if t.step == "D"}
-        if self.kd.reads and self.kd.step == "D":
-            s_out = Outputs(logit_real=taps["real:disc.5.pre"].flatten(), logit_fake=taps["fake:disc.5.pre"].flatten())
-            raw[self.kd_name] = (self.cfg.kd.weight, self.kd(s_out, t_out))
-        return self._weighted(raw)
+        return self._terms("D", x, fake, None, taps, idx)
 
     def g_parameters(self) -> list[nn.Parameter]:
         return self._parameters_of("G")
@@ -222,6 +223,17 @@ class Distiller(nn.Module):
         return self._parameters_of("D")
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _terms(self, step: str, x: Tensor, fake: Tensor, latent: Tensor | None, taps: dict[str, Tensor],
+               idx: Tensor | None) -> dict[str, Tensor]:
+        """A step's weighted terms; the KD kind gets the student outputs it declares (`STUDENT_OUTPUTS`)."""
+        t_taps, t_out = self._teacher(step, x, fake, idx)
+        raw = {t.name: (t.weight, t(taps, t_taps)) for t in self.features if t.step == step}
+        if self.kd.reads and self.kd.step == step:
+            build = STUDENT_OUTPUTS[step]
+            s_out = Outputs(**{f: build[f](x, fake, latent, taps) for f in self.kd.student_reads})
+            raw[self.kd_name] = (self.cfg.kd.weight, self.kd(s_out, t_out))
+        return self._weighted(raw)
+
     def _parameters_of(self, step: str) -> list[nn.Parameter]:
         mods = [t for t in self.features if t.step == step] + ([self.kd] if self.kd.step == step else [])
         return [p for m in mods for p in m.parameters() if p.requires_grad]

@@ -3,7 +3,8 @@ kind, one registry (`KD_KINDS`).
 
 BeatGAN has no class logits, so "outputs" are what it does produce on a batch of beats: the per-beat
 anomaly scores (B,), the reconstruction (B, C, 320), the latent code (B, nz) and the
-discriminator's logit (B,). Each kind says in which step its term is added (``"G"`` or ``"D"``) and
+discriminator's logit (B,). Each kind declares in which step its term is added (``"G"`` or ``"D"``),
+what it reads of the teacher and of the student, and whether an ensemble teacher may stand in; it
 compares student and teacher outputs computed on the same beats in the same step; the teacher side
 is a constant target. Temperatures follow Hinton et al. (2015): terms on softened distributions are
 multiplied by T^2 so that their gradient scale does not shrink with T.
@@ -41,12 +42,15 @@ class KD(nn.Module):
     """Base class. ``step`` is the optimiser step the term joins; ``T`` the temperature; ``reads``
     the teacher outputs the term needs, by teacher pass (``G:real``: G on the real beats; ``D:real``,
     ``D:fake``: D on the real beats / on the student's reconstructions): the Distiller runs exactly
-    those passes."""
+    those passes; ``student_reads`` the student's `Outputs` fields, built in the term's step;
+    ``ensemble_ok`` whether a mean of teachers (``distill.teacher_seeds``) gives a meaningful target."""
 
     name: ClassVar[str] = ""
     step: ClassVar[str] = "G"
     uses_T: ClassVar[bool] = False  # whether ``T`` changes the term (else it leaves the run's identity)
     reads: ClassVar[dict[str, tuple[str, ...]]] = {}
+    student_reads: ClassVar[tuple[str, ...]] = ()
+    ensemble_ok: ClassVar[bool] = True
 
     def __init__(self, T: float, s_nz: int, t_nz: int):
         super().__init__()
@@ -79,6 +83,7 @@ class ScoreKL(KD):
 
     uses_T = True
     reads = {"G:real": ("out:score",)}
+    student_reads = ("score",)
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
         t_score = t.score.detach()
@@ -104,6 +109,7 @@ class ScoreNCE(KD):
 
     uses_T = True
     reads = {"G:real": ("out:score",)}
+    student_reads = ("score",)
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
         return -(power_log_normalise(t.score.detach(), self.T).exp() * power_log_normalise(s.score, self.T)).sum()
@@ -114,6 +120,7 @@ class Recon(KD):
     """MSE between the student's and the teacher's reconstructions of the same beats (B, C, L)."""
 
     reads = {"G:real": ("out:recon",)}
+    student_reads = ("recon",)
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
         return F.mse_loss(s.recon, t.recon.detach())
@@ -124,6 +131,8 @@ class Latent(KD):
     """MSE between latent codes (B, nz); a learned linear map nz_s -> nz_t when sizes differ."""
 
     reads = {"G:real": ("out:latent",)}
+    student_reads = ("latent",)
+    ensemble_ok = False  # the members' latent codes do not correspond
 
     def __init__(self, T: float, s_nz: int, t_nz: int):
         super().__init__(T, s_nz, t_nz)
@@ -149,6 +158,7 @@ class Disc(KD):
     step = "D"
     uses_T = True
     reads = {"D:real": ("out:logit_real",), "D:fake": ("out:logit_fake",)}
+    student_reads = ("logit_real", "logit_fake")
 
     def forward(self, s: Outputs, t: Outputs) -> Tensor:
         return binary_kl(s.logit_real, t.logit_real, self.T) + binary_kl(s.logit_fake, t.logit_fake, self.T)

@@ -34,7 +34,7 @@ from ablation.models import family
 from ablation.models.beatgan import BeatGAN, init_weights
 from ablation.train.checkpoints import Checkpoints, Snapshot
 from ablation.train.evaluate import metrics
-from ablation.train.rescore import score_sets
+from ablation.train.scores import score_sets
 from ablation.train.step import Terms
 
 

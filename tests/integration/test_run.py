@@ -81,7 +81,7 @@ def test_bn_check_reports_the_stored_auc_and_leaves_the_model_alone(teacher_run,
     """bn-check's eval-mode AUC is the run's own; its other BN treatments work on copies."""
     from ablation.data.dataset import load_data
     from ablation.run import load_model
-    from ablation.train.bn_check import batch_stat_scores, bn_modes, with_bn_from
+    from ablation.analysis.bn_check import batch_stat_scores, bn_modes, with_bn_from
     from ablation.train.evaluate import scores
     cfg, out = teacher_run
     G = load_model(*tracking.load_checkpoint(out.run_id), torch.device("cpu")).G
@@ -164,7 +164,7 @@ def test_experiments_open_on_the_runs_table_and_trials_are_named(tracking_store,
 def test_rescore_at_weight_zero_is_the_runs_own_auc_and_the_weight_is_chosen_on_validation(teacher_run, synthetic):
     from ablation.data.dataset import load_data
     from ablation.run import load_model
-    from ablation.train.rescore import WEIGHTS, rescore
+    from ablation.analysis.rescore import WEIGHTS, rescore
     cfg, out = teacher_run
     model = load_model(*tracking.load_checkpoint(out.run_id), torch.device("cpu"))
     res = rescore(model, load_data(cfg.data, beats=synthetic, progress=False))
@@ -184,7 +184,7 @@ def test_snapshot_ensemble_of_one_is_the_run_itself(tracking_store, synthetic):
     """A run with train.snapshots keeps them in MLflow, best first; K = 1 is the run's own test AUC."""
     from ablation.data.dataset import load_data
     from ablation.run import load_model
-    from ablation.train.ensemble import curve, member
+    from ablation.analysis.ensemble import curve, member
     cfg = from_dict(RunConfig, {**TINY, "train": {"epochs": 3, "device": "cpu", "val_per_epoch": 2,
                                                   "snapshots": 3, "snapshot_gap": 0.5}})
     out = execute(cfg, beats=synthetic, progress=False)
@@ -254,7 +254,7 @@ def test_ensemble_cli_by_fold_one_seed_ensemble_per_fold(tracking_store, synthet
 def test_ensemble_averages_standardised_scores():
     """Two noisy (standardised) members: their average ranks better than either alone."""
     from types import SimpleNamespace
-    from ablation.train.ensemble import Member, curve
+    from ablation.analysis.ensemble import Member, curve
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(400), np.ones(100)].astype(int)
     data = SimpleNamespace(val=SimpleNamespace(y=y), test=SimpleNamespace(y=y))

@@ -254,7 +254,7 @@ def test_score_feat_weight_selects_and_reports_the_combined_score(synthetic, sin
     import numpy as np
     from ablation.models.beatgan import BeatGAN
     from ablation.train.evaluate import metrics, scores
-    from ablation.train.rescore import combine, components
+    from ablation.train.scores import combine, components
     data = load_data(_tiny().data, beats=synthetic, progress=False)
     res = train(_tiny(epochs=2, score_feat_weight=2.0), data, pick_device("cpu"), progress=False)
     model = BeatGAN.build(_tiny().model, 1)
@@ -274,7 +274,7 @@ def test_extra_residuals_are_the_latent_consistency_and_the_largest_local_error(
     """components(..., extras): column 0 is BeatGAN's MSE; `latent` is mean((E(x) - E(G(x)))^2)
     (GANomaly), `window` the largest 32-sample mean of the squared error (random beats, hand-computed)."""
     import numpy as np
-    from ablation.train.rescore import WINDOW, combine, components
+    from ablation.train.scores import WINDOW, combine, components
     model = BeatGAN.build(from_dict(RunConfig, {"model": TINY_MODEL}).model, 1)
     model.G.eval()
     x = torch.randn(5, 1, 320)

@@ -16,7 +16,7 @@ import numpy as np
 from ablation.data.dataset import DataBundle
 from ablation.models.beatgan import BeatGAN
 from ablation.train.evaluate import metrics
-from ablation.train.rescore import score_sets
+from ablation.train.scores import score_sets
 
 
 @dataclass
