@@ -60,9 +60,10 @@ def export_results(spec: StudySpec) -> None:
     """Rewrite ``results/<study>.csv`` from MLflow's finished runs of the study (rows of other
     machines kept): the per-run table that is committed."""
     from ablation.report.aggregate import attach_teachers, fetch_teachers, keep_latest, runs_frame
-    runs, _ = keep_latest(runs_frame(tracking.trial_runs(spec.name, "FINISHED")))
-    if runs.empty:
+    found = tracking.trial_runs(spec.name, "FINISHED")
+    if not found:
         return
+    runs, _ = keep_latest(runs_frame(found))
     results.write(spec.name, attach_teachers(runs, fetch_teachers(runs)))
 
 
