@@ -23,7 +23,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from ablation import tracking
+from ablation import teachers, tracking
 from ablation.config import ConfigError, RunConfig
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats, Protocol, load_beats
@@ -352,8 +352,9 @@ def teacher_lines(spec: StudySpec, data_fingerprint: str) -> list[str]:
         key = run_key(cfg, data_fingerprint)
         run_id = tracking.find_finished(TEACHER_EXPERIMENT, key)
         label = f"teacher f{cfg.data.fold} s{cfg.train.seed} ({key[:8]}"
-        if run_id is None:
-            lines.append(f"{label}): not trained")
+        if run_id is None:  # every trial reading it was already done (MLflow or results/)
+            where = "committed in results/teachers/" if teachers.checkpoint_path(key).is_file() else "not trained"
+            lines.append(f"{label}): {where}, not read by this run")
             continue
         run = tracking.get_run(run_id)
         m = run.data.metrics
