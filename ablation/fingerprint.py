@@ -17,7 +17,7 @@ from ablation import numerics, tracking
 from ablation.config import RunConfig, from_dict
 from ablation.data.dataset import DataBundle, load_data
 from ablation.models.beatgan import BeatGAN
-from ablation.paths import RESULTS, replace_csv
+from ablation.paths import RESULTS, upsert_row
 from ablation.run import init_seed
 from ablation.train.loop import train
 
@@ -54,7 +54,4 @@ def known() -> pd.DataFrame:
 
 def record(row: dict) -> None:
     """Add this machine's row (one per CPU model, ISA flags and numeric path: a rerun replaces it)."""
-    table, machine = known(), ("cpu_model", "isa_flags", "mode")
-    if len(table):
-        table = table[~(table[list(machine)] == [row[k] for k in machine]).all(axis=1)]
-    replace_csv(TABLE, pd.concat([table, pd.DataFrame([row]).astype(str)], ignore_index=True))
+    upsert_row(TABLE, row, ("cpu_model", "isa_flags", "mode"))

@@ -31,3 +31,13 @@ def merge_csv(path: Path, frame, key: str) -> None:
         if key in old:
             frame = pd.concat([old[~old[key].isin(frame[key])], frame], ignore_index=True)
     replace_csv(path, frame)
+
+
+def upsert_row(path: Path, row: dict, keys: tuple[str, ...]) -> None:
+    """Write `row` into the table at `path` (all columns as text), replacing any row with the same
+    values in `keys` (one row per machine, say); the other rows stay."""
+    import pandas as pd
+    table = pd.read_csv(path, dtype=str) if path.exists() else pd.DataFrame(columns=list(row))
+    if len(table):
+        table = table[~(table[list(keys)] == [str(row[k]) for k in keys]).all(axis=1)]
+    replace_csv(path, pd.concat([table, pd.DataFrame([row]).astype(str)], ignore_index=True))

@@ -21,7 +21,7 @@ from ablation import numerics, tracking
 from ablation.config import ConfigError
 from ablation.data.dataset import load_data
 from ablation.data.mitdb import Beats
-from ablation.paths import RESULTS, replace_csv
+from ablation.paths import RESULTS, upsert_row
 from ablation.run import execute
 from ablation.study import results
 from ablation.study.spec import StudySpec
@@ -58,12 +58,8 @@ def record(study: str, trial_key: str, committed: pd.Series, outcome: dict, thre
     row = {"study": study, "trial_key": trial_key, **{k: outcome[k] for k in COLUMNS},
            "committed_run_id": committed["run_id"], **{k: machine[k] for k in MACHINE},
            "git_commit": tracking.git_commit(), "date": datetime.date.today().isoformat()}
-    path = RESULTS / TABLE
     with tracking.key_lock("results-reproductions"):
-        table = pd.read_csv(path, dtype=str) if path.exists() else pd.DataFrame(columns=list(row))
-        same = (table[["study", "trial_key", *MACHINE]] == [str(row[k]) for k in ("study", "trial_key", *MACHINE)])
-        table = pd.concat([table[~same.all(axis=1)], pd.DataFrame([row]).astype(str)], ignore_index=True)
-        replace_csv(path, table)
+        upsert_row(RESULTS / TABLE, row, ("study", "trial_key", *MACHINE))
 
 
 def noise_floor(study: str) -> str | None:
