@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ablation import numerics, teachers, tracking
+from ablation import numerics, paths, teachers, tracking
 from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, EvalSet, load_data
 from ablation.data.mitdb import Beats
@@ -20,6 +20,7 @@ from ablation.models.beatgan import BeatGAN
 from ablation.models.ensemble import ensemble
 from ablation.study.queue import worker_alive, worker_id
 from ablation.train.loop import Result, pick_device, train
+from ablation.train.resume import Resume
 
 TEACHER_EXPERIMENT = "teachers"
 
@@ -130,8 +131,14 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
             if on_epoch:
                 on_epoch(epoch, row)
 
-        result = train(cfg, data, device, terms, progress=progress, model=student, on_epoch=log_epoch)
-        tracking.set_tags({"weights_sha256": numerics.weights_hash(result.state)})  # what `reproduce` compares
+        resume = Resume(paths.RUNS / "cache" / "resume" / f"{key}.pt", key)
+        try:
+            result = train(cfg, data, device, terms, progress=progress, model=student, on_epoch=log_epoch, resume=resume)
+        except Exception:  # a failure (divergence, a pruned trial) would fail again: not continued
+            resume.clear()
+            raise
+        tracking.set_tags({"weights_sha256": numerics.weights_hash(result.state),  # what `reproduce` compares
+                           **({"resumed_at_epoch": str(result.resumed_at)} if result.resumed_at else {})})
         tracking.log_metrics({"best_epoch": result.best_epoch, "best_val_at": result.best_at,
                               "epochs_run": len(result.history), "train_wall_seconds": result.seconds,
                               **{f"test_{k}": v for k, v in result.test.items()},
@@ -139,6 +146,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
         tracking.log_outputs(cfg, result.state, result.test_scores, data.test, result.snapshots)
         if data.test is not None:
             tracking.log_figures(run_figures(result, data.test, student, teacher))
+        resume.clear()
         return Outcome(run_id, result)
 
 

@@ -135,6 +135,13 @@ class Distiller(nn.Module):
         self.cache = self._build_cache(train_x, t_shapes)
         self.scale: dict[str, Tensor] = {}  # per-term 1/|value at the first batch| when cfg.normalize
 
+    def get_extra_state(self) -> dict[str, Tensor]:
+        """The normalising scales fixed at the first batch: part of the state a resumed run restores."""
+        return dict(self.scale)
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.scale = dict(state)
+
     # -- teacher passes, each network once per input, planned from what the terms read ---------
     def _terms_of(self, step: str) -> list:
         return [t for t in self.features if t.step == step] + ([self.kd] if self.kd.step == step else [])

@@ -52,6 +52,14 @@ class Checkpoints:
         self.snapshots = sorted(kept, key=lambda s: -s.auc)[: self.keep]
         return new_best
 
+    def state(self) -> dict:
+        """What `restore` takes back (for `ablation.train.resume`): plain containers and tensors."""
+        return {"stale": self.stale, "snapshots": [dict(vars(s)) for s in self.snapshots]}
+
+    def restore(self, state: dict) -> None:
+        self.stale = state["stale"]
+        self.snapshots = [Snapshot(**s) for s in state["snapshots"]]
+
     def _admits(self, auc: float, near: list[Snapshot]) -> bool:
         if near:  # replaces its neighbours only when better than all of them
             return all(auc > s.auc for s in near)

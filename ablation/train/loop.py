@@ -34,6 +34,7 @@ from ablation.models import family
 from ablation.models.beatgan import BeatGAN, init_weights
 from ablation.train.checkpoints import Checkpoints, Snapshot
 from ablation.train.evaluate import metrics
+from ablation.train.resume import Resume
 from ablation.train.scores import score_sets
 from ablation.train.step import Terms
 
@@ -53,6 +54,7 @@ class Result:
     seconds: float = 0.0
     state: dict = field(default_factory=dict)  # best epoch: {"G": state_dict, "D": state_dict}
     snapshots: list[Snapshot] = field(default_factory=list)  # train.snapshots best checks, best first
+    resumed_at: int = 0  # epochs restored from a saved state (`ablation.train.resume`), 0 when none
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -84,9 +86,11 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms | None = None,
           on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-          progress: bool = True, model: BeatGAN | None = None) -> Result:
+          progress: bool = True, model: BeatGAN | None = None, resume: Resume | None = None) -> Result:
     """Train a detector of ``cfg.model.family`` (BeatGAN by default) under `cfg` (plus distillation
-    `terms`) and return the best-validation check."""
+    `terms`) and return the best-validation check. With `resume`, the state is saved after every
+    epoch and a saved state of this run is continued from (its epochs replayed to `on_epoch`
+    first): the result is the same, bit for bit, as that of a run never stopped."""
     tc = cfg.train
     if tc.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         print("warning: train.precision bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16): "
@@ -122,9 +126,16 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         kept.offer(val, epoch, epoch + done / n_batches, G_eval, D)
         return val
 
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    epochs = tqdm(range(tc.epochs), desc=f"{cfg.role} epochs", disable=not progress, unit="ep")
+    parts = {"G": G, "D": D, "opt_g": opt_g, "opt_d": opt_d, **{f"sched_{i}": s for i, s in enumerate(scheds)},
+             **({"terms": terms} if isinstance(terms, torch.nn.Module) else {}),
+             **({"averaged": averaged.model} if averaged else {})}
+    saved = resume.load(parts, kept, gen) if resume else None
+    start, history, before = (saved.epoch, saved.history, saved.seconds) if saved else (0, [], 0.0)
+    for epoch, row in enumerate(history if on_epoch else []):
+        on_epoch(epoch, row)
+    t0 = time.perf_counter() - before
+    epochs = tqdm(range(start, tc.epochs), desc=f"{cfg.role} epochs", disable=not progress, unit="ep",
+                  initial=start, total=tc.epochs)
     for epoch in epochs:
         G.train()
         D.train()
@@ -164,13 +175,17 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
         row.update(best_val_auc=kept.best.auc, best_val_at=kept.best.at)  # the best checkpoint so far
         history.append(row)
         epochs.set_postfix(val_auc=f"{val['auc']:.4f}", best=f"{kept.best.auc:.4f}@{kept.best.epoch}")
+        stop = (tc.max_minutes is not None and time.perf_counter() - t0 > 60 * tc.max_minutes) or \
+            (tc.patience is not None and kept.stale >= tc.patience)
+        if resume and not stop and epoch + 1 < tc.epochs:
+            resume.save(epoch + 1, parts, kept, gen, history, time.perf_counter() - t0)
         if on_epoch:
             on_epoch(epoch, row)
-        if tc.max_minutes is not None and time.perf_counter() - t0 > 60 * tc.max_minutes:
+        if stop:
             break
-        if tc.patience is not None and kept.stale >= tc.patience:
-            break
-    return finish(kept, G, D, data, tc, history, time.perf_counter() - t0)
+    result = finish(kept, G, D, data, tc, history, time.perf_counter() - t0)
+    result.resumed_at = start
+    return result
 
 
 def optimisers(tc: TrainConfig, G: torch.nn.Module, D: torch.nn.Module, terms: Terms | None):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ablation import tracking
+from ablation import paths, tracking
 from ablation.__main__ import main
 from ablation.config import from_dict, RunConfig
 from ablation.report.aggregate import runs_frame
@@ -60,6 +60,26 @@ def test_the_seed_makes_a_run_repeatable(teacher_run, synthetic):
     assert untimed(again.result.history) == untimed(out.result.history)
     for k, v in out.result.state["G"].items():
         assert torch.equal(v, again.result.state["G"][k]), k
+
+
+def test_a_run_killed_mid_training_resumes_in_a_new_run_to_the_same_weights(teacher_run, synthetic):
+    """The kill lands after epoch 0 is logged: the next attempt continues from epoch 1 (the
+    state file, under runs/cache/resume/), logs the whole curve, and ends with the same weights."""
+    cfg, out = teacher_run
+    cfg = from_dict(RunConfig, {**TINY, "train": {**TINY["train"], "epochs": 3}})
+
+    def kill(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, beats=synthetic, progress=False, on_epoch=kill)
+    again = execute(cfg, beats=synthetic, progress=False)
+    whole = execute(cfg, beats=synthetic, progress=False, skip_finished=False)
+    tags = MlflowClient().get_run(again.run_id).data.tags
+    assert tags["resumed_at_epoch"] == "1" and "resumed_at_epoch" not in MlflowClient().get_run(whole.run_id).data.tags
+    assert tags["weights_sha256"] == MlflowClient().get_run(whole.run_id).data.tags["weights_sha256"]
+    assert [h.step for h in MlflowClient().get_metric_history(again.run_id, "val_auc")] == [0, 1, 2]
+    assert not list((paths.RUNS / "cache" / "resume").glob("*.pt"))  # cleared once a run has finished
 
 
 def test_checkpoint_loads_weights_only_and_score_round_trip(teacher_run, synthetic, tmp_path):
