@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ablation import numerics, paths, teachers, tracking
+from ablation import numerics, teachers, tracking
 from ablation.config import RunConfig, config_hash, run_identity
 from ablation.data.dataset import DataBundle, EvalSet, load_data
 from ablation.data.mitdb import Beats
@@ -131,7 +131,7 @@ def execute(cfg: RunConfig, *, data: DataBundle | None = None, mitdb: str | None
             if on_epoch:
                 on_epoch(epoch, row)
 
-        resume = Resume(paths.RUNS / "cache" / "resume" / f"{key}.pt", key)
+        resume = Resume(tracking.resume_dir() / f"{key}.pt", key)
         try:
             result = train(cfg, data, device, terms, progress=progress, model=student, on_epoch=log_epoch, resume=resume)
         except Exception:  # a failure (divergence, a pruned trial) would fail again: not continued

@@ -148,6 +148,12 @@ def retire(run_id: str, reason: str) -> None:
 _ARTIFACTS = {"root": RUNS / "mlartifacts"}  # where a database store's experiments keep their artifacts
 
 
+def resume_dir() -> Path:
+    """Where unfinished runs keep their training state (`ablation.train.resume`): beside the
+    store's artifacts, so `scratch_store`'s runs (`reproduce`) start from nothing and leave nothing."""
+    return _ARTIFACTS["root"].parent / "resume"
+
+
 @contextmanager
 def scratch_store():
     """A throw-away store (SQLite and artifacts in a temporary folder) for the block; the previous

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ablation import paths, tracking
+from ablation import tracking
 from ablation.__main__ import main
 from ablation.config import from_dict, RunConfig
 from ablation.report.aggregate import runs_frame
@@ -64,7 +64,7 @@ def test_the_seed_makes_a_run_repeatable(teacher_run, synthetic):
 
 def test_a_run_killed_mid_training_resumes_in_a_new_run_to_the_same_weights(teacher_run, synthetic):
     """The kill lands after epoch 0 is logged: the next attempt continues from epoch 1 (the
-    state file, under runs/cache/resume/), logs the whole curve, and ends with the same weights."""
+    state file, under runs/resume/), logs the whole curve, and ends with the same weights."""
     cfg, out = teacher_run
     cfg = from_dict(RunConfig, {**TINY, "train": {**TINY["train"], "epochs": 3}})
 
@@ -79,7 +79,15 @@ def test_a_run_killed_mid_training_resumes_in_a_new_run_to_the_same_weights(teac
     assert tags["resumed_at_epoch"] == "1" and "resumed_at_epoch" not in MlflowClient().get_run(whole.run_id).data.tags
     assert tags["weights_sha256"] == MlflowClient().get_run(whole.run_id).data.tags["weights_sha256"]
     assert [h.step for h in MlflowClient().get_metric_history(again.run_id, "val_auc")] == [0, 1, 2]
-    assert not list((paths.RUNS / "cache" / "resume").glob("*.pt"))  # cleared once a run has finished
+    assert not list(tracking.resume_dir().glob("*.pt"))  # cleared once a run has finished
+
+
+def test_a_scratch_store_keeps_its_own_run_states(tracking_store):
+    """`reproduce` retrains in a scratch store: it must train from scratch, not resume this machine's state."""
+    outside = tracking.resume_dir()
+    with tracking.scratch_store() as tmp:
+        inside = tracking.resume_dir()
+    assert inside.is_relative_to(tmp) and inside != outside and tracking.resume_dir() == outside
 
 
 def test_checkpoint_loads_weights_only_and_score_round_trip(teacher_run, synthetic, tmp_path):
