@@ -22,8 +22,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# one pytest worker per core (pytest-xdist), a test file to a worker (its module fixtures built once)
 test: venv
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile $(ARGS)
 
 # the edit-test loop: unit tests in memory, without the real records or processes (markers: tests/conftest.py)
 test-fast: venv

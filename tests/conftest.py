@@ -24,6 +24,10 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("ABLATION_MITDB", None)
 import ablation  # noqa: E402,F401  (pins the CPU kernels before any test module imports torch)
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test` runs one worker per core: one thread each
+    import torch  # noqa: E402
+    torch.set_num_threads(1)
+
 SHARED_MITDB = Path(__file__).resolve().parents[2] / "shared" / "mitdb"
 SUBPROCESS_CODE = ("subprocess.", "sys.executable")  # code holding these starts processes
 PROCESS_FIXTURES = {"chromium", "pg_server"}  # a browser, a PostgreSQL server

@@ -22,7 +22,7 @@ from support.runs import fresh_runs
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # a hang guard, not a timing: generous for a loaded machine (the suite runs a worker per core)
 
 
 def _unavailable(why: str):
