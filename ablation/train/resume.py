@@ -14,12 +14,14 @@ and containers only: it is read back with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ablation.errors import BadInput
 from ablation.train.checkpoints import Checkpoints
 
 
@@ -55,17 +57,39 @@ class Resume:
         state of this run to resume (no file, or one of another key)."""
         if not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("key") != self.key or set(state["parts"]) != set(parts):
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: nothing of it is used
+            return self._discard(f"unreadable ({type(e).__name__})")
+        if state.get("key") != self.key:
             return None
-        for name, p in parts.items():
-            p.load_state_dict(state["parts"][name])
+        if set(state["parts"]) != set(parts) or not all(_fits(p, state["parts"][n]) for n, p in parts.items()):
+            return self._discard("saved by code whose modules differ from this run's")
+        try:
+            for name, p in parts.items():
+                p.load_state_dict(state["parts"][name])
+        except (RuntimeError, ValueError, KeyError) as e:
+            self.clear()  # the parts may be half restored: this attempt cannot go on, the next starts afresh
+            raise BadInput(f"{self.path}: a saved state that does not fit this run "
+                           f"({' '.join(str(e).split())[:160]}); removed, run it again to start over") from e
         kept.restore(state["kept"])
         _set_rng_state(gen, state["rng"])
         return Saved(state["epoch"], state["history"], state["seconds"])
 
+    def _discard(self, why: str) -> None:
+        print(f"warning: {self.path}: {why}; the run starts from epoch 0", file=sys.stderr)
+        self.clear()
+
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _fits(part: Any, saved: dict) -> bool:
+    """Whether a saved state has the part's entries, and its tensors the part's shapes."""
+    now = part.state_dict()
+    return set(now) == set(saved) and all(
+        not isinstance(v, torch.Tensor) or (isinstance(saved[k], torch.Tensor) and v.shape == saved[k].shape)
+        for k, v in now.items())
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import torch
 
 from ablation.config import RunConfig, from_dict
 from ablation.data.dataset import load_data
+from ablation.errors import BadInput
 from ablation.distill.distiller import Distiller
 from ablation.models.beatgan import BeatGAN
 from ablation.train.loop import pick_device, train
@@ -82,3 +83,40 @@ def test_a_state_of_another_run_is_not_read(synthetic, single_thread, tmp_path):
         _train("teacher", synthetic, Resume(tmp_path / "state.pt", "key-1"), kill)
     other = _train("teacher", synthetic, Resume(tmp_path / "state.pt", "key-2"))
     assert other.resumed_at == 0 and len(other.history) == TRAIN["epochs"]
+
+
+def test_a_state_saved_by_other_modules_is_discarded_and_the_run_starts_over(synthetic, single_thread, tmp_path,
+                                                                             capsys):
+    def kill(epoch, row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        _train("teacher", synthetic, Resume(tmp_path / "state.pt", "key-1"), kill)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    state["parts"]["G"] = {k: v[..., :1] if v.dim() else v for k, v in state["parts"]["G"].items()}  # other widths
+    torch.save(state, tmp_path / "state.pt")
+    again = _train("teacher", synthetic, Resume(tmp_path / "state.pt", "key-1"))
+    assert again.resumed_at == 0 and len(again.history) == TRAIN["epochs"]
+    assert "modules differ" in capsys.readouterr().err
+
+
+def test_an_unreadable_state_is_discarded(synthetic, single_thread, tmp_path, capsys):
+    (tmp_path / "state.pt").write_bytes(b"not a torch file")  # say, a copy cut short
+    again = _train("teacher", synthetic, Resume(tmp_path / "state.pt", "key-1"))
+    assert again.resumed_at == 0 and len(again.history) == TRAIN["epochs"]
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_a_state_that_fails_to_load_ends_in_one_line_and_is_removed(synthetic, single_thread, tmp_path):
+    def kill(epoch, row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        _train("teacher", synthetic, Resume(tmp_path / "state.pt", "key-1"), kill)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    group = state["parts"]["opt_g"]["param_groups"][0]
+    group["params"] = group["params"][:-1]  # an optimiser over other parameters
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(BadInput, match="does not fit this run"):
+        _train("teacher", synthetic, Resume(tmp_path / "state.pt", "key-1"))
+    assert not (tmp_path / "state.pt").exists()  # the next attempt starts over
