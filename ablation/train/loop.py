@@ -131,8 +131,9 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, terms: Terms |
              **({"averaged": averaged.model} if averaged else {})}
     saved = resume.load(parts, kept, gen) if resume else None
     start, history, before = (saved.epoch, saved.history, saved.seconds) if saved else (0, [], 0.0)
-    for epoch, row in enumerate(history if on_epoch else []):
-        on_epoch(epoch, row)
+    if on_epoch:  # the restored epochs first, as if trained now
+        for epoch, row in enumerate(history):
+            on_epoch(epoch, row)
     t0 = time.perf_counter() - before
     epochs = tqdm(range(start, tc.epochs), desc=f"{cfg.role} epochs", disable=not progress, unit="ep",
                   initial=start, total=tc.epochs)
