@@ -85,8 +85,9 @@ def _check_writable(db: Path) -> None:
 
 
 @contextmanager
-def _store_lock(db: Path):
-    """The lock beside a SQLite store that serialises its first use (see `setup`)."""
+def store_lock(db: Path):
+    """The lock beside a SQLite store that serialises its first use (see `setup`); a process
+    that reads a store another one may be creating takes it too."""
     lock = db.with_name(db.name + ".lock")
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def setup(explicit: str | None = None) -> str:
         _probe_server(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
-        with _store_lock(db):
+        with store_lock(db):
             _check_writable(db)
             try:
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # builds the schema if missing
