@@ -376,6 +376,16 @@ def cmd_standings(args) -> None:
     print(markdown(standings()), end="")
 
 
+def cmd_compare(args) -> None:
+    """Two runs of one study side by side (committed tables, e.g. results/first_run/headline.csv and
+    results/headline.csv): each trial's test AUC in both, and each variant's difference to the baseline."""
+    from pathlib import Path
+
+    from ablation.report.replication import markdown, read_table
+    first, second = (read_table(Path(p)) for p in (args.first, args.second))
+    print(markdown(first, second, (args.names[0], args.names[1]), args.baseline), end="")
+
+
 def cmd_history(args) -> None:
     """Per-epoch metrics of MLflow runs (learning curves) as one CSV table."""
     import pandas as pd
@@ -514,6 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--variants", nargs="+", help="only these variants")
     rp.set_defaults(func=cmd_reproduce)
 
+    cp = sub.add_parser("compare", help=cmd_compare.__doc__.split(" (")[0], description=cmd_compare.__doc__)
+    cp.add_argument("first", help="a study's results table (CSV), the earlier run")
+    cp.add_argument("second", help="the same study's table from the later run")
+    cp.add_argument("--baseline", help="variant to compare against (default: student_alone if present)")
+    cp.add_argument("--names", nargs=2, default=("first run", "replication"), metavar=("FIRST", "SECOND"),
+                    help="the two runs' names in the table's head")
+    cp.set_defaults(func=cmd_compare)
     st = sub.add_parser("standings", help=cmd_standings.__doc__, description=cmd_standings.__doc__)
     st.set_defaults(func=cmd_standings)
 
