@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 
 from ablation.errors import BadInput
-from ablation.report.aggregate import PAIR_KEYS, summarize, variant_order
+from ablation.report.aggregate import PAIR_KEYS, keep_latest, summarize, variant_order
 
 TRIAL = ("variant", *PAIR_KEYS)
-NEEDED = (*TRIAL, "test_auc")
+NEEDED = (*TRIAL, "test_auc", "trial_key", "status")
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A committed per-run table; BadInput naming the file where it is missing or lacks a column."""
+    """A committed per-run table, its FINISHED runs only, one per trial (`aggregate.keep_latest`);
+    BadInput naming the file where it is missing or lacks a column."""
     if not path.is_file():
         raise BadInput(f"{path}: no such results table")
     try:
@@ -35,17 +36,14 @@ def read_table(path: Path) -> pd.DataFrame:
     missing = [c for c in NEEDED if c not in table]
     if missing:
         raise BadInput(f"{path}: lacks column(s) {', '.join(missing)} (a study's results table has {', '.join(NEEDED)})")
-    if "status" in table:
-        table = table[table["status"] == "FINISHED"]
-    return table
+    return keep_latest(table)[0]
 
 
 def matched(first: pd.DataFrame, second: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
-    """One row per trial (variant, fold, seed) both tables finished: `first`, `second`, `diff`
-    (second - first) of `metric`. Where a table holds a trial twice, its last row counts."""
-    def by_trial(t: pd.DataFrame) -> pd.Series:
-        return t.drop_duplicates(list(TRIAL), keep="last").set_index(list(TRIAL))[metric]
-    both = pd.concat({"first": by_trial(first), "second": by_trial(second)}, axis=1, join="inner").reset_index()
+    """One row per trial (variant, fold, seed) in both tables (of `read_table`: one row a trial):
+    `first`, `second`, `diff` (second - first) of `metric`."""
+    both = pd.concat({name: t.set_index(list(TRIAL))[metric] for name, t in (("first", first), ("second", second))},
+                     axis=1, join="inner").reset_index()
     both["diff"] = both["second"] - both["first"]
     rank = {v: i for i, v in enumerate(variant_order(first))}  # the study's order, then fold and seed
     return both.sort_values(list(TRIAL), key=lambda c: c.map(rank) if c.name == "variant" else c,
@@ -61,9 +59,7 @@ def noise(trials: pd.DataFrame) -> dict[str, float]:
 
 
 def _common(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    keep = pd.MultiIndex.from_frame(trials[list(TRIAL)])
-    rows = table.drop_duplicates(list(TRIAL), keep="last")
-    return rows[rows.set_index(list(TRIAL)).index.isin(keep)]
+    return table.merge(trials[list(TRIAL)], on=list(TRIAL))
 
 
 def compare(first: pd.DataFrame, second: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
