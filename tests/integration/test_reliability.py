@@ -293,15 +293,17 @@ def test_sigterm_and_sigint_end_a_training_run_as_killed_with_its_reason(tmp_pat
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     db = runs / "mlflow.db"
-    client = MlflowClient(f"sqlite:///{db}")
+    client = None
     deadline = time.time() + 120
     run = None
     while time.time() < deadline and run is None:
         time.sleep(1)
         try:
-            # the child builds the new store's schema holding this lock; a client reading the
-            # half-built store without it would build it too, and one of the two would fail
+            # the child builds the new store's schema holding this lock; a client made or reading
+            # without it would build it too (MlflowClient's constructor already does), and one of
+            # the two would fail
             with tracking.store_lock(db):
+                client = client or MlflowClient(f"sqlite:///{db}")
                 exp = client.get_experiment_by_name("term")
             found = client.search_runs([exp.experiment_id]) if exp else []
             run = found[0] if found and client.get_metric_history(found[0].info.run_id, "val_auc") else None
