@@ -39,25 +39,30 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _same_weights(a: dict, b: dict) -> bool:
+    """Whether two teacher checkpoints hold the same G and D, tensor for tensor (bitwise): the
+    bytes of a checkpoint also hold its config, whose fields grow with the code."""
+    return all(a[net].keys() == b[net].keys() and all(torch.equal(a[net][k].cpu(), b[net][k].cpu()) for k in a[net])
+               for net in ("G", "D"))
+
+
 def export(run_id: str) -> Path:
     """Write the teacher run's checkpoint and its row; a key already committed keeps its teacher
-    (`BadInput` when this run's checkpoint is not that one)."""
+    and its file (`BadInput` when this run's weights are not that teacher's)."""
     run = tracking.get_run(run_id)
     key = run.data.tags["run_key"]
     cfg, state = tracking.load_checkpoint(run_id)
     path = checkpoint_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, tmp)
     committed = _table()
     committed = committed[committed["run_key"] == key]
     if not committed.empty and path.is_file():
-        same = _sha256(tmp) == committed["sha256"].iloc[0]
-        tmp.unlink()
-        if not same:
+        if not _same_weights(torch.load(path, map_location="cpu", weights_only=True), state):
             raise BadInput(f"{path}: teacher {key} is already committed (run {committed['run_id'].iloc[0]}) and run "
-                             f"{run_id} trained under the same key is another model; a key has one teacher")
+                           f"{run_id} trained under the same key is another model; a key has one teacher")
         return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"config": cfg.to_dict(), "G": state["G"], "D": state["D"]}, tmp)
     tmp.replace(path)
     imported = run.data.tags.get("imported_from")
     _record({"run_key": key, "run_id": imported or run_id, "family": cfg.model.family, "fold": cfg.data.fold,

@@ -105,10 +105,45 @@ def test_a_key_has_one_committed_teacher(tmp_path, tracking_store, synthetic):
     table = pd.read_csv(results.RESULTS / "teachers.csv", dtype={"run_key": str})
     key = MlflowClient().get_run(first).data.tags["run_key"]
     assert list(table.loc[table["run_key"] == key, "run_id"]) == [first]
-    table.loc[table["run_key"] == key, "sha256"] = "0" * 64  # as if the committed one were another model
+    other = torch.load(path, weights_only=True)
+    other["G"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["G"].items()}
+    torch.save(other, path)  # as if the committed one were another model
+    table.loc[table["run_key"] == key, "sha256"] = teachers._sha256(path)
     table.to_csv(results.RESULTS / "teachers.csv", index=False)
     with pytest.raises(ValueError, match="a key has one teacher"):
         teachers.export(again)
+
+
+def test_a_committed_teacher_exports_again_as_itself_from_an_import_or_a_newer_revision(tmp_path, tracking_store,
+                                                                                        synthetic):
+    """`make teachers` exports every key it finds: a committed teacher written by an older revision
+    (its config lacks a field added since) and the run that imported it on a fresh store are that
+    same teacher, and leave its checkpoint and row as they are."""
+    import torch
+    from ablation import run as run_module, teachers
+    from ablation.config import RunConfig, from_dict
+    from ablation.data.dataset import load_data
+    cfg = from_dict(RunConfig, {"model": TINY_MODEL, "data": {"train_subset": 256},
+                                "train": {"epochs": 1, "device": "cpu", "seed": 79}})
+    data = load_data(cfg.data, beats=synthetic, progress=False)
+    first, _ = run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+    path = teachers.export(first)
+    older = torch.load(path, weights_only=True)
+    del older["config"]["model"]["family"]  # as a revision before `model.family` wrote it
+    torch.save(older, path)
+    table = pd.read_csv(results.RESULTS / "teachers.csv", dtype={"run_key": str})
+    table["sha256"] = teachers._sha256(path)
+    table.to_csv(results.RESULTS / "teachers.csv", index=False)
+    committed, rows = path.read_bytes(), (results.RESULTS / "teachers.csv").read_text()
+    assert teachers.export(first) == path
+    old = mlflow.get_tracking_uri()
+    tracking.setup(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        imported, _ = run_module.ensure_teacher(cfg, data, torch.device("cpu"), progress=False)
+        assert imported != first and teachers.export(imported) == path
+    finally:
+        tracking.setup(old)
+    assert path.read_bytes() == committed and (results.RESULTS / "teachers.csv").read_text() == rows
 
 
 def test_a_fresh_clone_runs_a_study_on_its_committed_teachers_and_trains_none(tmp_path, tracking_store, synthetic,
