@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ablation import tracking
+from ablation import numerics, tracking
 from ablation.errors import BadInput
 from ablation.paths import RESULTS, replace_csv
 
@@ -39,13 +39,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _same_weights(a: dict, b: dict) -> bool:
-    """Whether two teacher checkpoints hold the same G and D, tensor for tensor (bitwise): the
-    bytes of a checkpoint also hold its config, whose fields grow with the code."""
-    return all(a[net].keys() == b[net].keys() and all(torch.equal(a[net][k].cpu(), b[net][k].cpu()) for k in a[net])
-               for net in ("G", "D"))
-
-
 def export(run_id: str) -> Path:
     """Write the teacher run's checkpoint and its row; a key already committed keeps its teacher
     and its file (`BadInput` when this run's weights are not that teacher's)."""
@@ -56,7 +49,9 @@ def export(run_id: str) -> Path:
     committed = _table()
     committed = committed[committed["run_key"] == key]
     if not committed.empty and path.is_file():
-        if not _same_weights(torch.load(path, map_location="cpu", weights_only=True), state):
+        # the weights, not the file's bytes: those also hold the config, whose fields grow with the code
+        committed_state = torch.load(path, map_location="cpu", weights_only=True)
+        if numerics.weights_hash(committed_state) != numerics.weights_hash(state):
             raise BadInput(f"{path}: teacher {key} is already committed (run {committed['run_id'].iloc[0]}) and run "
                            f"{run_id} trained under the same key is another model; a key has one teacher")
         return path
