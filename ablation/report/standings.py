@@ -22,10 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from ablation.paths import RESULTS
-
-FIRST_RUN = RESULTS / "first_run"
 from ablation.report.aggregate import describe
 
+FIRST_RUN = RESULTS / "first_run"
 TARGET = 0.95
 
 
