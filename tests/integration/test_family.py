@@ -99,3 +99,20 @@ def test_the_student_config_distils_from_the_teacher_config_at_a_tenth_of_its_pa
     n = {name: sum(family(c.model.family).build(c.model, 1).n_params().values())
          for name, c in (("teacher", teacher), ("student", pupil))}
     assert n == {"teacher": 2_635_457, "student": 264_113}
+
+
+def test_the_anobeat_study_distils_from_the_teacher_config_and_its_beatgan_alone_is_the_headlines():
+    """studies/anobeat.yaml: each distilled student reads configs/anobeat/teacher.yaml's teacher of its
+    fold (what `make teachers ARGS="--config ..."` commits), each family's student is paired with its
+    own family alone, and its BeatGAN student alone has the headline's student_alone trial keys."""
+    from ablation.study.spec import load_study
+    study = load_study("anobeat")
+    for trial in study.trials:
+        cfg = trial.config
+        assert cfg.model.family == ("anobeat" if trial.name.startswith("anobeat") else "beatgan")
+        assert cfg.reads_teacher() == trial.name.endswith("kd_recon")
+        if cfg.reads_teacher():
+            teacher = load_run_config(CONFIGS / "teacher.yaml", {"data": {"fold": cfg.data.fold}})
+            assert cfg.teacher_config().key() == teacher.key()
+    alone = {t.key for t in study.trials if t.name == "beatgan_alone"}
+    assert len(alone) == 10 and alone == {t.key for t in load_study("headline").trials if t.name == "student_alone"}
