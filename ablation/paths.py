@@ -14,11 +14,20 @@ DASHBOARDS = PROJECT_ROOT / "dashboards"  # report pages (their .html and .csv a
 
 def replace_csv(path: Path, frame) -> None:
     """Write the DataFrame `frame` to `path` at once (a temporary file renamed over it: no reader of
-    a results/ table sees half of one)."""
+    a results/ table sees half of one). Floats keep six significant digits; a float column of whole
+    numbers (a count with gaps, e.g. a baseline's missing `teacher_params`) is written exactly."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
+    _counts_exact(frame).to_csv(tmp, index=False, float_format="%.6g")
     os.replace(tmp, path)
+
+
+def _counts_exact(frame):
+    """`frame` with its float columns of whole numbers (NaN allowed) as nullable integers."""
+    def is_whole(values) -> bool:  # below 2**53 a float holds every integer exactly
+        return len(values) > 0 and bool(((values % 1 == 0) & (values.abs() < 2 ** 53)).all())
+    counts = [c for c in frame.select_dtypes("float").columns if is_whole(frame[c].dropna())]
+    return frame.astype({c: "Int64" for c in counts}) if counts else frame
 
 
 def merge_csv(path: Path, frame, key: str) -> None:

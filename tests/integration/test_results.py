@@ -247,3 +247,15 @@ def test_the_committed_teachers_are_whole_and_are_the_studies_teachers(mitdb):
     beatgan = table.reindex(columns=["family"])["family"].fillna("beatgan") == "beatgan"  # headline's family
     for row in table[(table["seed"] == 0) & (table["nc"] == 1) & beatgan].itertuples():
         assert wanted[row.fold] == row.run_key, f"fold {row.fold}"
+
+
+def test_a_committed_table_keeps_large_counts_exact_beside_missing_values(tmp_path):
+    """The undistilled baseline names no teacher, so `teacher_params` is a float column with gaps; its
+    2,612,288 was written as 2.61229e+06 (six significant digits, as every float is): counts stay exact."""
+    from ablation.paths import replace_csv
+    frame = pd.DataFrame({"variant": ["student_alone", "kd_recon"], "teacher_params": [float("nan"), 2_612_288.0],
+                          "test_auc": [0.8934123456, 0.9]})
+    replace_csv(tmp_path / "t.csv", frame)
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert back["teacher_params"].iloc[1] == 2_612_288 and pd.isna(back["teacher_params"].iloc[0])
+    assert back["test_auc"].iloc[0] == 0.893412  # metrics keep their six digits
