@@ -16,7 +16,7 @@ import numpy as np
 from ablation import __version__
 from ablation.config import MAX_THREADS, ConfigError, RunConfig, from_dict, load_yaml, parse_value, set_dotted
 from ablation.errors import REPORT_TO, BadInput, UserError
-from ablation.paths import DASHBOARDS, merge_csv
+from ablation.paths import DASHBOARDS, RESULTS, merge_csv
 
 
 def _positive_int(text: str) -> int:
@@ -371,9 +371,12 @@ def cmd_reproduce(args) -> None:
 
 
 def cmd_standings(args) -> None:
-    """The platform's best detectors against test AUC 0.95, best first, from the committed results/ tables."""
+    """The platform's best detectors against test AUC 0.95, best first, from committed tables
+    (results/first_run/ by default, the README's; results/ for the runs on the pinned path)."""
     from ablation.report.standings import markdown, standings
-    print(markdown(standings()), end="")
+    if not Path(args.results).is_dir():
+        raise BadInput(f"--results {args.results}: not a folder of committed tables (e.g. results/first_run, results)")
+    print(markdown(standings(Path(args.results))), end="")
 
 
 def cmd_compare(args) -> None:
@@ -532,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the two runs' names in the table's head")
     cp.set_defaults(func=cmd_compare)
     st = sub.add_parser("standings", help=cmd_standings.__doc__, description=cmd_standings.__doc__)
+    st.add_argument("--results", default=str(RESULTS / "first_run"),
+                    help="folder of committed tables (default: results/first_run)")
     st.set_defaults(func=cmd_standings)
 
     s = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)

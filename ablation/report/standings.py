@@ -13,7 +13,10 @@ two-lead students and two-lead teachers (`levers.csv`), the same-size student di
 seed ensemble (`born_again.csv`), the headline students
 (`headline.csv`), the same students rescored with the D-feature residual at the weight validation
 chose (`rescore_headline_students.csv`), and a tuned student's confirmation when it has run
-(`tune_headline-confirm.csv`). A table that is absent gives no row.
+(`tune_headline-confirm.csv`). `results/` itself (the runs on the pinned numeric path) adds the
+committed teachers of each family, every seed (`teachers.csv` with its `family` column), and the
+second family's study (`anobeat.csv`: BeatGAN and Anobeat students alone and with `recon` KD from
+the Anobeat teacher). A table that is absent gives no row.
 """
 from __future__ import annotations
 
@@ -38,6 +41,22 @@ def _teachers(results: Path) -> pd.Series:
     used = set(_read("headline.csv", results).get("teacher_run_id", pd.Series(dtype=str)))
     t = t[t["run_id"].isin(used)] if used and len(t) else t
     return t.groupby("fold").tail(1).set_index("fold")["test_auc"] if len(t) else pd.Series(dtype=float)
+
+
+def _teacher_params(family: str) -> int:
+    """Parameters of a `family` teacher at the recipe's widths (`ModelConfig`'s defaults: ndf 32, nz 50)."""
+    from ablation.config import ModelConfig
+    from ablation.models import family as family_of
+    return sum(family_of(family).build(ModelConfig(family=family), 1).n_params().values())
+
+
+def _committed_teachers(results: Path, family: str) -> pd.Series:
+    """Per fold: the test AUC of every committed teacher of `family`, each seed (a teachers.csv
+    without a `family` column, the first run's, gives none)."""
+    t = _read("teachers.csv", results)
+    if "family" not in t:
+        return pd.Series(dtype=float)
+    return t[t["family"] == family].set_index("fold")["test_auc"]
 
 
 def _snapshots_chosen(results: Path) -> pd.Series:
@@ -81,7 +100,18 @@ def _sources(results: Path) -> list[tuple[str, int, pd.Series]]:
     student_params = int(head["n_params"].iloc[0]) if len(head) else 0  # every headline student: ndf = ngf = 8
     levers = _read("levers.csv", results)
     born = _read("born_again.csv", results)
+    second = _read("anobeat.csv", results)
     return [
+        ("BeatGAN teachers, committed (ndf 32, every seed)", _teacher_params("beatgan"),
+         _committed_teachers(results, "beatgan")),
+        ("Anobeat teachers, committed (ndf 32, every seed)", _teacher_params("anobeat"),
+         _committed_teachers(results, "anobeat")),
+        ("student `recon` KD from the Anobeat teacher (anobeat)", _params(second, "beatgan_kd_recon", "n_params"),
+         _variant(second, "beatgan_kd_recon", "test_auc")),
+        ("Anobeat student (ndf 8) `recon` KD from the Anobeat teacher", _params(second, "anobeat_kd_recon", "n_params"),
+         _variant(second, "anobeat_kd_recon", "test_auc")),
+        ("Anobeat student (ndf 8) alone", _params(second, "anobeat_alone", "n_params"),
+         _variant(second, "anobeat_alone", "test_auc")),
         ("teacher (best recipe, ndf 32)", teacher_params, _teachers(results)),
         ("teacher, snapshot ensemble (K on validation)", teacher_params, _snapshots_chosen(results)),
         ("teachers of seeds 0 and 1, seed ensemble", 2 * teacher_params, _seed_ensembles(results)),

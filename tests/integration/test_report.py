@@ -328,6 +328,28 @@ def test_standings_from_committed_tables_by_hand(tmp_path):
     assert "| 0.9600 | one run | +0.0100 |" in markdown(standings(tmp_path)) and "nan" not in markdown(standings(tmp_path))
 
 
+def test_standings_of_the_pinned_results_add_each_familys_committed_teachers_and_the_anobeat_study(tmp_path):
+    """results/ names each teacher's family: a row per family over every seed, and anobeat.csv's students;
+    the first run's teachers.csv has no family column and gives no such row."""
+    from ablation.report.standings import standings
+    pd.DataFrame({"run_id": ["b0", "b1", "a0", "a1"], "fold": [0, 0, 0, 1], "seed": [0, 1, 0, 0],
+                  "family": ["beatgan", "beatgan", "anobeat", "anobeat"], "test_auc": [0.93, 0.94, 0.95, 0.97]}
+                 ).to_csv(tmp_path / "teachers.csv", index=False)
+    pd.DataFrame({"variant": ["beatgan_alone", "beatgan_kd_recon", "anobeat_alone", "anobeat_kd_recon"], "fold": 0,
+                  "seed": 0, "test_auc": [0.88, 0.89, 0.90, 0.91], "n_params": [10, 10, 11, 11],
+                  "teacher_params": 101}).to_csv(tmp_path / "anobeat.csv", index=False)
+    table = standings(tmp_path).set_index("detector")
+    anobeat = table.loc["Anobeat teachers, committed (ndf 32, every seed)"]
+    assert anobeat["runs"] == 2 and anobeat["test_auc_mean"] == pytest.approx(0.96) and anobeat["parameters"] == 2_635_457
+    assert table.loc["BeatGAN teachers, committed (ndf 32, every seed)", "test_auc_mean"] == pytest.approx(0.935)
+    assert table.loc["BeatGAN teachers, committed (ndf 32, every seed)", "parameters"] == 2_612_288
+    assert table.loc["student `recon` KD from the Anobeat teacher (anobeat)", "test_auc_mean"] == pytest.approx(0.89)
+    assert table.loc["Anobeat student (ndf 8) `recon` KD from the Anobeat teacher", "parameters"] == 11
+    assert table.loc["Anobeat student (ndf 8) alone", "test_auc_mean"] == pytest.approx(0.90)
+    pd.DataFrame({"run_id": ["b0"], "fold": [0], "test_auc": [0.93]}).to_csv(tmp_path / "teachers.csv", index=False)
+    assert not any(d.endswith("every seed)") for d in standings(tmp_path)["detector"])
+
+
 def test_the_readme_standings_are_the_committed_tables():
     from ablation.paths import PROJECT_ROOT
     from ablation.report.standings import markdown, standings
