@@ -39,6 +39,7 @@ def _train(out: Path, device: str, sets: list[str], experiment: str) -> subproce
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float) -> tuple[float, list[int], str]:
+    """Wait for `procs` within `timeout` s (then kill): elapsed s, exit codes, the first failure's last output."""
     t0 = time.perf_counter()
     codes, tail = [], ""
     for p in procs:
@@ -48,7 +49,8 @@ def _wait(procs: list[subprocess.Popen], timeout: float) -> tuple[float, list[in
             p.kill()
             text, _ = p.communicate()
         codes.append(p.returncode)
-        tail = text[-400:]
+        if p.returncode != 0 and not tail:  # the first failure's output, else nothing
+            tail = text[-400:]
     return time.perf_counter() - t0, codes, tail
 
 
@@ -80,7 +82,7 @@ class Check:
     def epochs(self) -> None:
         for name, sets in (("student_epoch", self.student), ("teacher_epoch", self.teacher)):
             elapsed, codes, tail = _wait([_train(self.out, self.device, sets, name)], self.left())
-            self.record(name, seconds=round(elapsed, 1), ok=codes == [0], tail=tail if codes != [0] else "")
+            self.record(name, seconds=round(elapsed, 1), ok=codes == [0], tail=tail)
 
     def concurrent(self, n: int = 4) -> None:
         n = 2 if self.tiny else n
@@ -88,7 +90,7 @@ class Check:
                                       for i in range(n)], self.left())
         one = self.results.get("student_epoch", {}).get("seconds")
         self.record("concurrent", trials=n, seconds=round(elapsed, 1), ok=all(c == 0 for c in codes),
-                    throughput_vs_one=round(n * one / elapsed, 2) if one else None)
+                    throughput_vs_one=round(n * one / elapsed, 2) if one else None, codes=codes, tail=tail)
 
     def paper_regime(self) -> None:
         epochs = 2 if self.tiny else 100
@@ -104,7 +106,7 @@ class Check:
                  for k in range(folds)]
         elapsed, codes, tail = _wait(procs, self.left())
         self.record("paper_regime", ran=True, epochs=epochs, folds=folds, seconds=round(elapsed, 1),
-                    ok=all(c == 0 for c in codes), tail=tail if any(codes) else "")
+                    ok=all(c == 0 for c in codes), tail=tail)
 
     def summary(self) -> Path:
         lines = [f"# gpu check ({self.device}{', tiny' if self.tiny else ''})", ""]
