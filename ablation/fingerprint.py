@@ -53,5 +53,6 @@ def known() -> pd.DataFrame:
 
 
 def record(row: dict) -> None:
-    """Add this machine's row (one per CPU model, ISA flags and numeric path: a rerun replaces it)."""
-    upsert_row(TABLE, row, ("cpu_model", "isa_flags", "mode"))
+    """Add this machine's row (one per CPU model, ISA flags, numeric path, torch and oneDNN: a rerun
+    under the same versions replaces it, one under other versions adds a row)."""
+    upsert_row(TABLE, row, ("cpu_model", "isa_flags", "mode", "torch", "onednn"))

@@ -73,3 +73,16 @@ def test_fingerprint_names_the_machines_whose_hash_it_matches(tmp_path, monkeypa
     monkeypatch.setattr(fingerprint, "measure", lambda mitdb=None: {**row, "fingerprint": "cd" * 32, "mode": "native"})
     assert cli.main(["fingerprint"]) == 0
     assert "not in fingerprints.csv (2 rows): this machine computes other bits on the native path" in capsys.readouterr().out
+
+
+def test_fingerprint_record_keeps_the_row_of_another_torch(tmp_path, monkeypatch):
+    """One row per machine, path, torch and oneDNN: a rerun under a newer torch adds a row and keeps
+    the older observation; a rerun under the same versions replaces its own row."""
+    from ablation import fingerprint
+    monkeypatch.setattr(fingerprint, "TABLE", tmp_path / "fingerprints.csv")
+    row = {"fingerprint": "ab" * 32, "cpu_model": "CPU X", "mode": "avx2-r1", "isa_flags": "avx2 fma",
+           "torch": "2.11.0", "onednn": "3.10.2"}
+    fingerprint.record(row)
+    fingerprint.record({**row, "fingerprint": "cd" * 32, "torch": "2.13.0", "onednn": "3.12.0"})
+    fingerprint.record({**row, "fingerprint": "ef" * 32, "torch": "2.13.0", "onednn": "3.12.0"})
+    assert sorted(fingerprint.known()["fingerprint"]) == ["ab" * 32, "ef" * 32]
