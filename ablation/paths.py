@@ -30,13 +30,20 @@ def _counts_exact(frame):
     return frame.astype({c: "Int64" for c in counts}) if counts else frame
 
 
+def read_table(path: Path, **kwargs):
+    """A committed table as it was written: only an empty cell is missing (pandas' defaults also read
+    the text None, NA or null as missing, and a rewrite would then empty those cells)."""
+    import pandas as pd
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
+
+
 def merge_csv(path: Path, frame, key: str) -> None:
     """Write `frame` into the table at `path`: its rows replace those of the table with the same
     `key` values, the table's other rows stay (a committed table grows machine by machine, fold by
     fold: checkpoints behind its older rows may be gone)."""
     import pandas as pd
     if path.exists():
-        old = pd.read_csv(path)
+        old = read_table(path)
         if key in old:
             frame = pd.concat([old[~old[key].isin(frame[key])], frame], ignore_index=True)
     replace_csv(path, frame)
@@ -46,7 +53,7 @@ def upsert_row(path: Path, row: dict, keys: tuple[str, ...]) -> None:
     """Write `row` into the table at `path` (all columns as text), replacing any row with the same
     values in `keys` (one row per machine, say); the other rows stay."""
     import pandas as pd
-    table = pd.read_csv(path, dtype=str) if path.exists() else pd.DataFrame(columns=list(row))
+    table = read_table(path, dtype=str) if path.exists() else pd.DataFrame(columns=list(row))
     if len(table):
         table = table[~(table[list(keys)] == [str(row[k]) for k in keys]).all(axis=1)]
     replace_csv(path, pd.concat([table, pd.DataFrame([row]).astype(str)], ignore_index=True))

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ablation import tracking
 from ablation.errors import BadInput, StoreError
-from ablation.paths import RESULTS, replace_csv
+from ablation.paths import RESULTS, read_table, replace_csv
 
 IDENTITY = ["trial_key", "run_id", "status", "scale", "stage", "variant", "base_variant", "fold", "seed"]
 METRIC_COLUMNS = ["best_val_auc", "best_val_ap", "best_val_f1", "best_epoch", "best_val_at", "epochs_run",
@@ -43,7 +43,7 @@ def load(study: str) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=IDENTITY + METRIC_COLUMNS)
     try:
-        return pd.read_csv(path)
+        return read_table(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: not a readable results table ({e}); restore it with git checkout") from e
 

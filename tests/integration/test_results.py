@@ -259,3 +259,16 @@ def test_a_committed_table_keeps_large_counts_exact_beside_missing_values(tmp_pa
     back = pd.read_csv(tmp_path / "t.csv")
     assert back["teacher_params"].iloc[1] == 2_612_288 and pd.isna(back["teacher_params"].iloc[0])
     assert back["test_auc"].iloc[0] == 0.893412  # metrics keep their six digits
+
+
+def test_adding_a_row_leaves_the_committed_rows_text_as_it_was(tmp_path, monkeypatch):
+    """A trial written on another machine keeps its row byte for byte when this machine adds one: a
+    parameter whose value is the text None (the whole training set) stays None, not an empty cell."""
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    row = {"trial_key": "a", "run_id": "r1", "status": "FINISHED", "scale": "cpu", "variant": "x", "fold": 2,
+           "seed": 0, "test_auc": 0.891234, "param.data.train_subset": "None"}
+    results.write("s", pd.DataFrame([row]))
+    before = (tmp_path / "s.csv").read_text().splitlines()
+    results.write("s", pd.DataFrame([{**row, "trial_key": "b", "run_id": "r2", "seed": 1}]))
+    after = (tmp_path / "s.csv").read_text().splitlines()
+    assert after[:2] == before and after[2].split(",")[-1] == "None"
