@@ -1,6 +1,7 @@
 """The report's summary as a Markdown table (the README's results table is this text, verbatim).
 
     markdown_table(summary, baseline="student_alone")  ->  "| variant | runs | test AUC ... |\n|---|..."
+    position_markdown(deltas, overall)                 ->  the position map and pre minus post, as text
 
 `summary` is the report CSV's frame (`with_reference(summary, runs)`): one row per variant, the
 teachers' reference row last. Each variant row gives test AUC and AP as mean ± sd, the paired
@@ -63,3 +64,41 @@ def markdown_table(summary: pd.DataFrame, baseline: str) -> str:
                  _delta(row, "test_ap"), _p(row, "test_ap"), _p(row, "test_ap", "_blocked"), _gap(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _net_row(net: str, source: str) -> str:
+    return f"{net} ({source})" if net == "disc" else net
+
+
+def _map_cell(taps: pd.DataFrame, metric: str) -> str:
+    """'pre / post' mean differences of one (net, input, block) cell; a missing point is '·'."""
+    by_point = taps.set_index("point")[f"{metric}_delta"]
+    return " / ".join(f"{by_point[p]:+.4f}" if p in by_point and not _missing(by_point[p]) else "·"
+                      for p in ("pre", "post"))
+
+
+def position_markdown(deltas: pd.DataFrame, overall: pd.DataFrame) -> str:
+    """The position map (`positions.position_deltas`: one row per tap) as one Markdown table per
+    metric, network (the discriminator once per input) x block, each cell 'pre / post' paired
+    difference to the baseline; then pre minus post over the cells (`positions.pre_post`)."""
+    from ablation.report.positions import MAP_METRICS
+    blocks = sorted(deltas["block"].unique())
+    keyed = deltas.assign(row=[_net_row(n, i) for n, i in zip(deltas["net"], deltas["input"])])
+    order = {"enc": 0, "dec": 1, "disc (real)": 2, "disc (fake)": 3}  # the pipeline's order
+    rows = sorted(keyed["row"].unique(), key=lambda r: (order.get(r, len(order)), r))
+    out = []
+    for metric, label in MAP_METRICS.items():
+        out += [f"Δ {label} to the baseline, pre / post, mean over {int(deltas['n_pairs'].max())} pairs:", "",
+                "| network | " + " | ".join(f"block {b}" for b in blocks) + " |", "|" + "---|" * (len(blocks) + 1)]
+        for r in rows:
+            cells = [_map_cell(keyed[(keyed["row"] == r) & (keyed["block"] == b)], metric) for b in blocks]
+            out.append(f"| {r} | " + " | ".join(cells) + " |")
+        out.append("")
+    for _, o in overall.iterrows():
+        blocked = "n/a" if _missing(o["p_fold_blocked"]) else f"{o['p_fold_blocked']:.3f}"
+        wilcoxon = "n/a" if _missing(o["p_wilcoxon_cells"]) else f"{o['p_wilcoxon_cells']:.3f}"
+        out.append(f"- pre minus post, {o['metric']}, over {int(o['n_cells'])} cells: {o['pre_minus_post']:+.4f} "
+                   f"[{o['ci_low']:+.4f}, {o['ci_high']:+.4f}], pre better in {int(o['cells_pre_better'])}; "
+                   f"Wilcoxon p over the cells {wilcoxon}, fold-blocked p {blocked} "
+                   f"({int(o['n_folds'])} fold{'' if int(o['n_folds']) == 1 else 's'})")
+    return "\n".join(out) + "\n"

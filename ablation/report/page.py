@@ -20,7 +20,7 @@ from plotly.offline import get_plotlyjs
 from ablation.report.aggregate import (ALPHA, CONFIDENCE, METRIC_LABELS, METRICS, MIN_PAIRS, ReportData,
                                        collect, with_reference)
 from ablation.report.figures import FigureSpec, figure_specs, map_runs
-from ablation.report.markdown import markdown_table
+from ablation.report.markdown import markdown_table, position_markdown
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
@@ -253,16 +253,19 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
 
 
 def write_position_tables(data: ReportData, positions: Path, pre_post_path: Path) -> None:
-    """Where the study taps feature positions: the map's numbers (one row per tap) and pre minus
-    post (one row per cell, then the overall rows); nothing otherwise."""
+    """Where the study taps feature positions: the map's numbers (one row per tap), pre minus post
+    (one row per cell, then the overall rows) and both as Markdown (``<study>-positions.md``);
+    nothing otherwise."""
     from ablation.report.positions import position_deltas, pre_post, pre_post_cells
     runs = map_runs(data)
     deltas = position_deltas(runs, data.baseline)
     if deltas.empty:
         return
     deltas.to_csv(positions, index=False, float_format="%.6g")
-    pd.concat([pre_post_cells(runs), pre_post(runs)], ignore_index=True).to_csv(pre_post_path, index=False,
-                                                                                float_format="%.6g")
+    overall = pre_post(runs)
+    pd.concat([pre_post_cells(runs), overall], ignore_index=True).to_csv(pre_post_path, index=False,
+                                                                         float_format="%.6g")
+    positions.with_suffix(".md").write_text(position_markdown(deltas, overall), encoding="utf-8")
 
 
 def build_report(study_name: str, out_dir: Path, baseline: str | None = None, tracking_uri: str | None = None,

@@ -94,6 +94,7 @@ def test_a_staged_report_from_the_committed_table_alone(tracking_store, tmp_path
     positions = pd.read_csv(tmp_path / "positions_demo-positions.csv")
     assert len(positions) == 12 and set(positions["n_pairs"]) == {2}
     assert len(pd.read_csv(tmp_path / "positions_demo-pre_post.csv")) == len(TAPS) + 2
+    assert "| disc (fake) |" in (tmp_path / "positions_demo-positions.md").read_text()
 
 
 def test_the_position_map_has_pre_and_post_panels_with_titles():
@@ -104,3 +105,19 @@ def test_the_position_map_has_pre_and_post_panels_with_titles():
     assert list(fig.data[0].y) == ["enc", "dec", "disc (real)", "disc (fake)"] and list(fig.data[0].x) == \
         ["0", "1", "2", "3", "4"]
     assert fig.layout.xaxis.title.text == "block" and fig.layout.title.text
+
+
+def test_the_position_map_as_markdown_gives_pre_and_post_per_cell():
+    """`<study>-positions.md`: one row per network and input in the pipeline's order, 'pre / post'
+    per block, a missing point as '·', then the overall pre minus post lines."""
+    from ablation.report.markdown import position_markdown
+    runs = made_up_runs([(0, 0), (1, 0), (2, 0)], "screen")
+    deltas = position_deltas(runs, "student_alone")
+    text = position_markdown(deltas[deltas["variant"] != "fd_real/distill.features.0.position=enc.0.post"],
+                             pre_post(runs))
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "block 0" not in line]
+    assert rows[:3] == ["| enc", "| dec", "| disc (real)"] and rows[3] == "| disc (fake)"
+    enc = next(line for line in text.splitlines() if line.startswith("| enc"))
+    assert enc.split(" | ")[1] == f"{effect('enc', 0, 'pre', 'real') + 0.0005 / 3:+.4f} / ·"  # fold 1 adds 0.0005 to pre
+    assert enc.split(" | ")[2] == f"{effect('enc', 1, 'pre', 'real') + 0.0005 / 3:+.4f} / {effect('enc', 1, 'post', 'real'):+.4f}"
+    assert "- pre minus post, validation AUC, over 6 cells:" in text and "fold-blocked p" in text
