@@ -130,16 +130,12 @@ def auc_heatmap(runs: pd.DataFrame, axes: tuple[str, str], metric: str = "test_a
                    460)
 
 
-def _net_label(net: str, source: str) -> str:
-    return f"disc ({source})" if net == "disc" else net
-
-
 def position_map(deltas: pd.DataFrame, baseline: str) -> go.Figure:
     """Net (rows; the discriminator once per input) x block (columns) heatmaps of the paired
     difference to `baseline`, pre and post side by side, validation AUC above test AUC; each cell
     gives the mean difference and its 95 % CI over the (fold, seed) pairs."""
-    from ablation.report.positions import MAP_METRICS
-    labels = list(dict.fromkeys(_net_label(n, i) for n, i in zip(deltas["net"], deltas["input"])))
+    from ablation.report.positions import MAP_METRICS, net_label
+    labels = list(dict.fromkeys(net_label(n, i) for n, i in zip(deltas["net"], deltas["input"])))
     blocks = sorted(deltas["block"].unique())
     titles = [f"Δ {label}, {point}" for label in MAP_METRICS.values() for point in ("pre", "post")]
     fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.1, vertical_spacing=0.16)
@@ -149,7 +145,7 @@ def position_map(deltas: pd.DataFrame, baseline: str) -> go.Figure:
             z = np.full((len(labels), len(blocks)), np.nan)
             text = np.full(z.shape, "", dtype=object)
             for _, d in deltas[deltas["point"] == point].iterrows():
-                i, j = labels.index(_net_label(d["net"], d["input"])), blocks.index(d["block"])
+                i, j = labels.index(net_label(d["net"], d["input"])), blocks.index(d["block"])
                 z[i, j] = d[f"{m}_delta"]
                 ci = "" if math.isnan(d[f"{m}_ci_low"]) else f"<br>[{d[f'{m}_ci_low']:+.3f}, {d[f'{m}_ci_high']:+.3f}]"
                 text[i, j] = f"{d[f'{m}_delta']:+.4f}{ci}"

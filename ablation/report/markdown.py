@@ -66,10 +66,6 @@ def markdown_table(summary: pd.DataFrame, baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _net_row(net: str, source: str) -> str:
-    return f"{net} ({source})" if net == "disc" else net
-
-
 def _map_cell(taps: pd.DataFrame, metric: str) -> str:
     """'pre / post' mean differences of one (net, input, block) cell; a missing point is '·'."""
     by_point = taps.set_index("point")[f"{metric}_delta"]
@@ -81,9 +77,9 @@ def position_markdown(deltas: pd.DataFrame, overall: pd.DataFrame) -> str:
     """The position map (`positions.position_deltas`: one row per tap) as one Markdown table per
     metric, network (the discriminator once per input) x block, each cell 'pre / post' paired
     difference to the baseline; then pre minus post over the cells (`positions.pre_post`)."""
-    from ablation.report.positions import MAP_METRICS
+    from ablation.report.positions import MAP_METRICS, net_label
     blocks = sorted(deltas["block"].unique())
-    keyed = deltas.assign(row=[_net_row(n, i) for n, i in zip(deltas["net"], deltas["input"])])
+    keyed = deltas.assign(row=[net_label(n, i) for n, i in zip(deltas["net"], deltas["input"])])
     order = {"enc": 0, "dec": 1, "disc (real)": 2, "disc (fake)": 3}  # the pipeline's order
     rows = sorted(keyed["row"].unique(), key=lambda r: (order.get(r, len(order)), r))
     out = []

@@ -28,6 +28,11 @@ MAP_METRICS = {"best_val_auc": "validation AUC", "test_auc": "test AUC"}
 CELL = ["net", "block", "input"]
 
 
+def net_label(net: str, source: str) -> str:
+    """A map row's name: the network, the discriminator once per input ("disc (fake)")."""
+    return f"disc ({source})" if net == "disc" else net
+
+
 def taps(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant that taps one position: variant, net, block, point, input (empty frame
     when the study has no position axis)."""
