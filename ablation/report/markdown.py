@@ -1,7 +1,7 @@
 """The report's summary as a Markdown table (the README's results table is this text, verbatim).
 
     markdown_table(summary, baseline="student_alone")  ->  "| variant | runs | test AUC ... |\n|---|..."
-    position_markdown(deltas, overall)                 ->  the position map and pre minus post, as text
+    position_markdown(deltas, overall, confirmed)      ->  the position map and pre minus post, as text
 
 `summary` is the report CSV's frame (`with_reference(summary, runs)`): one row per variant, the
 teachers' reference row last. Each variant row gives test AUC and AP as mean ± sd, the paired
@@ -73,10 +73,29 @@ def _map_cell(taps: pd.DataFrame, metric: str) -> str:
                       for p in ("pre", "post"))
 
 
-def position_markdown(deltas: pd.DataFrame, overall: pd.DataFrame) -> str:
+def _p_text(p: Any) -> str:
+    return "n/a" if _missing(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def confirmed_markdown(cells: pd.DataFrame) -> list[str]:
+    """A confirmation's per-cell pre minus post (`positions.pre_post_cells`) as a Markdown table."""
+    from ablation.report.positions import MAP_METRICS, net_label
+    out = ["Pre minus post in the confirmation, per cell (Holm over the cells; blocked: fold-blocked):", "",
+           "| cell | pairs | " + " | ".join(f"{label}: pre - post [95 % CI] | Holm p | blocked p"
+                                            for label in MAP_METRICS.values()) + " |",
+           "|" + "---|" * (2 + 3 * len(MAP_METRICS))]
+    for _, c in cells.iterrows():
+        values = [f"{c[f'{m}_delta']:+.4f} [{c[f'{m}_ci_low']:+.4f}, {c[f'{m}_ci_high']:+.4f}] | "
+                  f"{_p_text(c[f'{m}_p'])} | {_p_text(c[f'{m}_p_blocked'])}" for m in MAP_METRICS]
+        out.append(f"| {net_label(c['net'], c['input'])} {c['block']} | {int(c['n_pairs'])} | " + " | ".join(values) + " |")
+    return out
+
+
+def position_markdown(deltas: pd.DataFrame, overall: pd.DataFrame, confirmed: pd.DataFrame | None = None) -> str:
     """The position map (`positions.position_deltas`: one row per tap) as one Markdown table per
     metric, network (the discriminator once per input) x block, each cell 'pre / post' paired
-    difference to the baseline; then pre minus post over the cells (`positions.pre_post`)."""
+    difference to the baseline; then pre minus post over the cells (`positions.pre_post`); then, for
+    a staged study, the confirmation's per-cell answer (`confirmed`: `positions.pre_post_cells`)."""
     from ablation.report.positions import MAP_METRICS, net_label
     blocks = sorted(deltas["block"].unique())
     keyed = deltas.assign(row=[net_label(n, i) for n, i in zip(deltas["net"], deltas["input"])])
@@ -97,4 +116,6 @@ def position_markdown(deltas: pd.DataFrame, overall: pd.DataFrame) -> str:
                    f"[{o['ci_low']:+.4f}, {o['ci_high']:+.4f}], pre better in {int(o['cells_pre_better'])}; "
                    f"Wilcoxon p over the cells {wilcoxon}, fold-blocked p {blocked} "
                    f"({int(o['n_folds'])} fold{'' if int(o['n_folds']) == 1 else 's'})")
+    if confirmed is not None and len(confirmed):
+        out += [""] + confirmed_markdown(confirmed)
     return "\n".join(out) + "\n"

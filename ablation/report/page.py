@@ -147,10 +147,32 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
             + "</tbody></table></div>")
 
 
+def _cell_rows(cells: pd.DataFrame) -> list[list[str]]:
+    """Per cell: its name, pairs, and per metric pre - post with CI and its two Holm-adjusted p."""
+    from ablation.report.positions import MAP_METRICS
+    return [[_e(f"{r['net']} {r['block']}" + (f" ({r['input']})" if r["net"] == "disc" else "")), str(r["n_pairs"])]
+            + [f"{_signed(r[f'{m}_delta'])}<br>{_ci(r[f'{m}_ci_low'], r[f'{m}_ci_high'])}<br><small>Holm p "
+               f"{_signed(r[f'{m}_p'], '{:.3g}')}, blocked {_signed(r[f'{m}_p_blocked'], '{:.3g}')}</small>"
+               for m in MAP_METRICS]
+            for _, r in cells.iterrows()]
+
+
+def _cell_headers() -> list[str]:
+    from ablation.report.positions import MAP_METRICS
+    return ["cell", "pairs"] + [f"pre &minus; post, {label}" for label in MAP_METRICS.values()]
+
+
+def confirmed_pre_post(data: ReportData) -> pd.DataFrame:
+    """A staged study's confirmation, per cell confirmed at both points: pre minus post with its
+    tests (`positions.pre_post_cells`); empty for other studies."""
+    from ablation.report.positions import pre_post_cells
+    return pre_post_cells(data.runs) if len(data.screen) else pd.DataFrame()
+
+
 def pre_post_section(data: ReportData) -> str:
-    """Pre minus post over every (net, block, input) cell: overall (CI, tests) and per cell; '' when
-    the study has no cell tapped at both points."""
-    from ablation.report.positions import MAP_METRICS, pre_post, pre_post_cells
+    """Pre minus post over every (net, block, input) cell: overall (CI, tests) and per cell; for a
+    staged study also the confirmation's per-cell answer; '' when no cell is tapped at both points."""
+    from ablation.report.positions import pre_post, pre_post_cells
     runs = map_runs(data)
     cells = pre_post_cells(runs)
     if cells.empty:
@@ -159,10 +181,12 @@ def pre_post_section(data: ReportData) -> str:
                 f'{r["cells_pre_better"]} of {r["n_cells"]}', _signed(r["p_wilcoxon_cells"], "{:.3g}"),
                 f'{_signed(r["p_fold_blocked"], "{:.3g}")} <small>({r["n_folds"]} folds)</small>']
                for _, r in pre_post(runs).iterrows()]
-    per_cell = [[_e(f"{r['net']} {r['block']}" + (f" ({r['input']})" if r["net"] == "disc" else "")), str(r["n_pairs"])]
-                + [f"{_signed(r[f'{m}_delta'])}<br>{_ci(r[f'{m}_ci_low'], r[f'{m}_ci_high'])}" for m in MAP_METRICS]
-                for _, r in cells.iterrows()]
     stage = "the screen's runs" if len(data.screen) else "the study's runs"
+    confirmed = confirmed_pre_post(data)
+    confirmation = "" if confirmed.empty else (
+        "<h3>In the confirmation</h3><p class=\"caption\">Per cell confirmed at both points, on the "
+        "confirmation's pairs: pre minus post with its t-interval, the Wilcoxon p over the pairs and the "
+        "fold-blocked p, each Holm-adjusted over these cells.</p>" + _html_table(_cell_headers(), _cell_rows(confirmed)))
     return (f'<section id="pre-post"><h2>Pre-activation against post-activation</h2><p class="caption">From '
             f"{stage}: per (network, block, input) cell, pre minus post paired on (fold, seed); overall, the mean "
             f"of the cell means with its {CONFIDENCE:.0%} t-interval over the cells, a Wilcoxon signed-rank test "
@@ -170,8 +194,7 @@ def pre_post_section(data: ReportData) -> str:
             "folds).</p>"
             + _html_table(["metric", "cells", "pre &minus; post", f"{CONFIDENCE:.0%} CI", "cells where pre is better",
                            "Wilcoxon p (cells)", "fold-blocked p"], overall)
-            + _html_table(["cell", "pairs"] + [f"pre &minus; post, {label}" for label in MAP_METRICS.values()],
-                          per_cell) + "</section>")
+            + _html_table(_cell_headers(), _cell_rows(cells)) + confirmation + "</section>")
 
 
 def figure_html(spec: FigureSpec) -> str:
@@ -254,7 +277,8 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
 
 def write_position_tables(data: ReportData, positions: Path, pre_post_path: Path) -> None:
     """Where the study taps feature positions: the map's numbers (one row per tap), pre minus post
-    (one row per cell, then the overall rows) and both as Markdown (``<study>-positions.md``);
+    (one row per cell, then the overall rows, then a staged study's confirmed cells; column ``stage``)
+    and both as Markdown (``<study>-positions.md``);
     nothing otherwise."""
     from ablation.report.positions import position_deltas, pre_post, pre_post_cells
     runs = map_runs(data)
@@ -262,10 +286,12 @@ def write_position_tables(data: ReportData, positions: Path, pre_post_path: Path
     if deltas.empty:
         return
     deltas.to_csv(positions, index=False, float_format="%.6g")
-    overall = pre_post(runs)
-    pd.concat([pre_post_cells(runs), overall], ignore_index=True).to_csv(pre_post_path, index=False,
-                                                                         float_format="%.6g")
-    positions.with_suffix(".md").write_text(position_markdown(deltas, overall), encoding="utf-8")
+    overall, confirmed = pre_post(runs), confirmed_pre_post(data)
+    stage = "screen" if len(data.screen) else ""
+    pd.concat([pre_post_cells(runs).assign(stage=stage), overall.assign(stage=stage),
+               confirmed.assign(stage="confirm")], ignore_index=True).to_csv(pre_post_path, index=False,
+                                                                             float_format="%.6g")
+    positions.with_suffix(".md").write_text(position_markdown(deltas, overall, confirmed), encoding="utf-8")
 
 
 def build_report(study_name: str, out_dir: Path, baseline: str | None = None, tracking_uri: str | None = None,

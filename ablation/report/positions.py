@@ -3,10 +3,13 @@ each tap one feature position (an axis ``...position`` of values ``<net>.<block>
 optionally ``...input``: real or fake; ``studies/fd_positions.yaml``).
 
     position_deltas(runs, "student_alone")  ->  one row per tap: Δ validation and test AUC, CIs
-    pre_post(runs)                          ->  per (net, block, input) cell pre minus post, and overall
+    pre_post_cells(runs)                    ->  per (net, block, input) cell pre minus post, tested
+    pre_post(runs)                          ->  pre minus post over the cells
 
 Differences are paired on (fold, seed) (`aggregate.paired_differences`); the CIs are t-intervals
-over the pairs. Overall, pre minus post is averaged per cell first (a cell's pairs are its runs), then:
+over the pairs. Per cell, pre minus post gets the table's two tests (the Wilcoxon signed-rank test over
+its pairs and the fold-blocked t-test), each Holm-adjusted over the cells: a confirmation's per-cell
+answer. Overall, pre minus post is averaged per cell first (a cell's pairs are its runs), then:
 the mean over cells with its t-interval, a Wilcoxon signed-rank test over the cells (positions are
 the units the question is asked across), and the fold-blocked test (every cell's differences
 averaged per fold, the folds sharing their abnormal test beats; a t-test over the fold means, from
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ablation.report.aggregate import paired_ci, paired_differences
+from ablation.report.aggregate import blocked_test, holm, paired_ci, paired_differences, paired_test
 
 TAP = re.compile(r"(enc|dec|disc)\.(\d+)\.(pre|post)")
 MAP_METRICS = {"best_val_auc": "validation AUC", "test_auc": "test AUC"}
@@ -69,7 +72,9 @@ def position_deltas(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 
 def pre_post_cells(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (net, block, input) cell with both points: pre minus post, paired, with t CIs."""
+    """Per (net, block, input) cell with both points: pre minus post, paired, with t CIs and, per
+    metric, ``<metric>_p`` (Wilcoxon over the pairs) and ``<metric>_p_blocked`` (fold-blocked t-test,
+    from 3 folds), each Holm-adjusted over the cells (NaN where a test cannot be given)."""
     rows = []
     for cell, group in taps(runs).groupby(CELL, sort=True):
         points = group.set_index("point")["variant"]
@@ -78,8 +83,15 @@ def pre_post_cells(runs: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(CELL, cell))
         for m in MAP_METRICS:
             row.update(_delta(runs, points["pre"], points["post"], m))
+            row[f"{m}_p"] = paired_test(runs, points["pre"], points["post"], m).p_value
+            row[f"{m}_p_blocked"] = blocked_test(runs, points["pre"], points["post"], m).p_value
         rows.append(row)
-    return pd.DataFrame(rows)
+    cells = pd.DataFrame(rows)
+    for m in MAP_METRICS:
+        for test in ("_p", "_p_blocked"):
+            if len(cells):
+                cells[f"{m}{test}"] = holm(cells[f"{m}{test}"].tolist())
+    return cells
 
 
 def _fold_blocked(runs: pd.DataFrame, cells: pd.DataFrame, metric: str) -> tuple[int, float]:

@@ -74,6 +74,23 @@ def test_pre_minus_post_is_blocked_by_fold():
     assert overall.loc["validation AUC", "p_fold_blocked"] == pytest.approx(stats.ttest_1samp(fold_means, 0).pvalue)
 
 
+def test_each_cell_gets_the_tables_tests_holm_adjusted_over_the_cells():
+    """A confirmation's per-cell answer: per cell, the Wilcoxon p over its pairs and the fold-blocked
+    p, each Holm-adjusted over the cells (two cells here: the two smallest x 2, capped at 1)."""
+    runs = made_up_runs([(f, s) for f in (0, 1, 3, 4) for s in (0, 1)], "confirm", [("enc", 1, "real"), ("disc", 2, "fake")])
+    cells = pre_post_cells(runs).set_index(["net", "block", "input"])
+    raw, blocked = [], []
+    for net, block, source in [("disc", 2, "fake"), ("enc", 1, "real")]:  # the cells' order
+        pre, post = (f"fd_{source}/distill.features.0.position={net}.{block}.{p}" for p in ("pre", "post"))
+        raw.append(agg.paired_test(runs, pre, post, "test_auc").p_value)
+        blocked.append(agg.blocked_test(runs, pre, post, "test_auc").p_value)
+    assert cells["test_auc_p"].tolist() == pytest.approx(agg.holm(raw))
+    assert cells["test_auc_p_blocked"].tolist() == pytest.approx(agg.holm(blocked))
+    assert cells.loc[("enc", 1, "real"), "test_auc_p"] < 0.05  # pre beats post by 0.008 on every pair
+    assert cells.loc[("enc", 1, "real"), "n_pairs"] == 8
+    assert np.isnan(pre_post_cells(made_up_runs([(2, 0), (2, 1)], "screen"))["test_auc_p_blocked"]).all()
+
+
 def test_a_staged_report_from_the_committed_table_alone(tracking_store, tmp_path):
     """No MLflow run: the table is the confirmation's (Holm over its variants), the position map
     and the pre/post section the screen's; their CSVs are written beside the page."""
@@ -93,8 +110,14 @@ def test_a_staged_report_from_the_committed_table_alone(tracking_store, tmp_path
     assert 'data-figure="fig-positions"' in html and "Pre-activation against post-activation" in html
     positions = pd.read_csv(tmp_path / "positions_demo-positions.csv")
     assert len(positions) == 12 and set(positions["n_pairs"]) == {2}
-    assert len(pd.read_csv(tmp_path / "positions_demo-pre_post.csv")) == len(TAPS) + 2
-    assert "| disc (fake) |" in (tmp_path / "positions_demo-positions.md").read_text()
+    pre_post_table = pd.read_csv(tmp_path / "positions_demo-pre_post.csv")
+    assert pre_post_table["stage"].value_counts().to_dict() == {"screen": len(TAPS) + 2, "confirm": 1}
+    assert pre_post_table.loc[pre_post_table["stage"] == "confirm", "n_pairs"].tolist() == [8]
+    text = (tmp_path / "positions_demo-positions.md").read_text()
+    assert "| disc (fake) |" in text and "Pre minus post in the confirmation" in text
+    enc = next(line for line in text.splitlines() if line.startswith("| enc 1 |")).split(" | ")
+    assert enc[1] == "8" and float(enc[2].split(" [")[0]) == pytest.approx(0.004 + 0.0005 / 2, abs=1e-4)  # odd folds: +0.0005
+    assert "In the confirmation" in html
 
 
 def test_the_position_map_has_pre_and_post_panels_with_titles():
