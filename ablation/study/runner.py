@@ -187,11 +187,12 @@ def run_study(spec: StudySpec, workers: int = 1, storage_url: str | None = None,
             state = queue.reconcile(study, storage, [t.key for t in spec.trials], finished_keys(spec), owner)
             print(f"study {spec.name}: {spec.scale_summary}; {state['finished']} finished, {state['interrupted']} "
                   f"interrupted (re-queued), {state['to_run']} to run", flush=True)
-            workers = min(workers, state["to_run"], len(os.sched_getaffinity(0)))  # no idle or oversubscribed ones
-            if workers <= 1:
+            # no idle or oversubscribed workers here; the confirmation gets its own count from `workers`
+            n_workers = min(workers, state["to_run"], len(os.sched_getaffinity(0)))
+            if n_workers <= 1:
                 run_worker(spec, storage_url, parent, beats=beats, device=device, progress=progress)
             else:
-                spawn_workers(spec, workers, storage_url, parent, mitdb, device)
+                spawn_workers(spec, n_workers, storage_url, parent, mitdb, device)
     except BaseException:
         tracking.set_status(parent, "KILLED")
         raise

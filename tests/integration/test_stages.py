@@ -161,6 +161,27 @@ def test_a_staged_study_runs_its_screen_then_the_picked_confirmation(tmp_path, t
     assert len(MlflowClient().search_runs([MlflowClient().get_experiment_by_name("staged").experiment_id])) == runs_before
 
 
+def test_a_rerun_after_a_finished_screen_gives_the_confirmation_every_worker(tmp_path, tracking_store, synthetic,
+                                                                            monkeypatch):
+    """`--workers 2` on a rerun whose screen is complete: the screen starts no worker (nothing to
+    run), and the confirmation still gets its two, not the screen's count of zero."""
+    from ablation.paths import RESULTS
+    from ablation.study import runner
+    spec = load_study(write(tmp_path, STAGED))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    val = {t.name: 0.80 for t in spec.trials}
+    screen_rows(spec, val).assign(stage="screen").to_csv(RESULTS / "staged.csv", index=False)
+    started = []
+    monkeypatch.setattr(runner, "ensure_teachers", lambda *a, **k: None)
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(runner, "spawn_workers", lambda s, n, *a: started.append((s.stage, n)))
+    monkeypatch.setattr(runner, "run_worker", lambda s, *a, **k: started.append((s.stage, 1)))
+    with pytest.raises(runner.StudyIncomplete):  # the stand-in workers train nothing
+        runner.run_study(spec, workers=2, beats=synthetic, progress=False,
+                         storage_url=f"journal:{tmp_path / 'journal.log'}")
+    assert started == [("screen", 1), ("confirm", 2)]
+
+
 @pytest.mark.parametrize("kill_in", ["screen", "confirm"])
 def test_a_staged_study_resumes_after_sigkill_in_either_stage(tmp_path, mitdb, kill_in):
     """SIGKILL inside a screening trial, or inside the confirmation's first trial: the rerun trains
