@@ -144,3 +144,22 @@ def test_the_position_map_as_markdown_gives_pre_and_post_per_cell():
     assert enc.split(" | ")[1] == f"{effect('enc', 0, 'pre', 'real') + 0.0005 / 3:+.4f} / ·"  # fold 1 adds 0.0005 to pre
     assert enc.split(" | ")[2] == f"{effect('enc', 1, 'pre', 'real') + 0.0005 / 3:+.4f} / {effect('enc', 1, 'post', 'real'):+.4f}"
     assert "- pre minus post, validation AUC, over 6 cells:" in text and "fold-blocked p" in text
+
+
+def test_the_fd_positions_numbers_quoted_are_the_committed_studys_report(tracking_store, tmp_path):
+    """The README's fd_positions table is `make report NAME=fd_positions`'s .md and docs/fd_positions.md
+    quotes its `-positions.md` (map, pre minus post, the confirmation's cells), rebuilt from the
+    committed results/fd_positions.csv (real MIT-BIH runs, both stages) on an empty MLflow store."""
+    import shutil
+    from ablation.paths import PROJECT_ROOT, RESULTS
+    from ablation.report.page import write_report
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "results" / "fd_positions.csv", RESULTS / "fd_positions.csv")
+    data = agg.collect("fd_positions")
+    assert len(data.screen) == 82 and len(data.runs) == 40 and data.summary["n_pairs"].dropna().eq(8).all()
+    write_report(data, tmp_path)
+    assert (tmp_path / "fd_positions.md").read_text().strip() in (PROJECT_ROOT / "README.md").read_text()
+    docs = (PROJECT_ROOT / "docs" / "fd_positions.md").read_text()
+    quoted = [line for line in (tmp_path / "fd_positions-positions.md").read_text().splitlines()
+              if line.startswith("|") and "---" not in line]
+    assert len(quoted) == 2 * 5 + 3 and all(line in docs for line in quoted)
