@@ -167,10 +167,10 @@ def test_a_rerun_after_a_finished_screen_gives_the_confirmation_every_worker(tmp
     run), and the confirmation still gets its two, not the screen's count of zero."""
     from ablation.paths import RESULTS
     from ablation.study import runner
-    spec = load_study(write(tmp_path, STAGED))
+    spec = load_study(write(tmp_path, {**STAGED, "name": "staged_workers"}))  # no other test's runs
     RESULTS.mkdir(parents=True, exist_ok=True)
     val = {t.name: 0.80 for t in spec.trials}
-    screen_rows(spec, val).assign(stage="screen").to_csv(RESULTS / "staged.csv", index=False)
+    screen_rows(spec, val).assign(stage="screen").to_csv(RESULTS / "staged_workers.csv", index=False)
     started = []
     monkeypatch.setattr(runner, "ensure_teachers", lambda *a, **k: None)
     monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
