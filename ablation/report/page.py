@@ -149,8 +149,8 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 def _cell_rows(cells: pd.DataFrame) -> list[list[str]]:
     """Per cell: its name, pairs, and per metric pre - post with CI and its two Holm-adjusted p."""
-    from ablation.report.positions import MAP_METRICS
-    return [[_e(f"{r['net']} {r['block']}" + (f" ({r['input']})" if r["net"] == "disc" else "")), str(r["n_pairs"])]
+    from ablation.report.positions import MAP_METRICS, net_label
+    return [[_e(f"{net_label(r['net'], r['input'])} {r['block']}"), str(r["n_pairs"])]
             + [f"{_signed(r[f'{m}_delta'])}<br>{_ci(r[f'{m}_ci_low'], r[f'{m}_ci_high'])}<br><small>Holm p "
                f"{_signed(r[f'{m}_p'], '{:.3g}')}, blocked {_signed(r[f'{m}_p_blocked'], '{:.3g}')}</small>"
                for m in MAP_METRICS]

@@ -87,10 +87,9 @@ def pre_post_cells(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_p_blocked"] = blocked_test(runs, points["pre"], points["post"], m).p_value
         rows.append(row)
     cells = pd.DataFrame(rows)
-    for m in MAP_METRICS:
-        for test in ("_p", "_p_blocked"):
-            if len(cells):
-                cells[f"{m}{test}"] = holm(cells[f"{m}{test}"].tolist())
+    for column in (f"{m}{test}" for m in MAP_METRICS for test in ("_p", "_p_blocked")):
+        if column in cells:
+            cells[column] = holm(cells[column].tolist())
     return cells
 
 
