@@ -372,11 +372,14 @@ def cmd_reproduce(args) -> None:
 
 def cmd_standings(args) -> None:
     """The platform's best detectors against test AUC 0.95, best first, from committed tables
-    (results/first_run/ by default, the README's; results/ for the runs on the pinned path)."""
-    from ablation.report.standings import markdown, standings
+    (results/first_run/ by default, the README's; results/ for the runs on the pinned path), then
+    the Anobeat teachers against the BeatGAN ones, paired by fold and seed, where both are committed."""
+    from ablation.report.standings import family_markdown, family_pairs, markdown, standings
     if not Path(args.results).is_dir():
         raise BadInput(f"--results {args.results}: not a folder of committed tables (e.g. results/first_run, results)")
     print(markdown(standings(Path(args.results))), end="")
+    pair = family_markdown(family_pairs(Path(args.results), "anobeat"))
+    print(f"\n{pair}" if pair else "", end="")
 
 
 def cmd_compare(args) -> None:

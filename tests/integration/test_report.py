@@ -350,6 +350,26 @@ def test_standings_of_the_pinned_results_add_each_familys_committed_teachers_and
     assert not any(d.endswith("every seed)") for d in standings(tmp_path)["detector"])
 
 
+def test_the_anobeat_teachers_are_paired_with_the_beatgan_teachers_by_fold_and_seed(tmp_path):
+    """Pairs on (fold, seed): an unpaired teacher is left out; the fold-blocked p averages each fold's seeds."""
+    from ablation.report.standings import family_markdown, family_pairs
+    folds, seeds = [0, 0, 1, 1, 2, 2], [0, 1] * 3
+    beat = [0.93, 0.94, 0.92, 0.93, 0.94, 0.95]
+    gain = [0.010, 0.012, 0.008, 0.011, 0.009, 0.013]
+    anobeat = [b + g for b, g in zip(beat, gain)] + [0.5]  # fold 3 has no BeatGAN teacher
+    pd.DataFrame({"run_id": [f"r{i}" for i in range(13)], "fold": folds * 2 + [3], "seed": seeds * 2 + [0],
+                  "family": ["beatgan"] * 6 + ["anobeat"] * 7, "test_auc": beat + anobeat}
+                 ).to_csv(tmp_path / "teachers.csv", index=False)
+    pair = family_pairs(tmp_path, "anobeat")
+    assert pair["n_pairs"] == 6 and pair["delta"] == pytest.approx(np.mean(gain))
+    assert pair["ci_low"] < np.mean(gain) < pair["ci_high"] and pair["p"] == pytest.approx(0.03125)  # all 6 positive
+    by_fold = [0.011, 0.0095, 0.011]
+    assert pair["p_blocked"] == pytest.approx(stats.ttest_1samp(by_fold, 0).pvalue)
+    assert family_markdown(pair).startswith("anobeat - beatgan teachers, 6 (fold, seed) pairs: +0.0105 test AUC [")
+    pd.read_csv(tmp_path / "teachers.csv").query("family == 'beatgan'").to_csv(tmp_path / "teachers.csv", index=False)
+    assert family_pairs(tmp_path, "anobeat") == {} and family_markdown({}) == ""
+
+
 def test_the_readme_standings_are_the_committed_tables():
     from ablation.paths import PROJECT_ROOT
     from ablation.report.standings import markdown, standings
