@@ -350,8 +350,9 @@ def test_standings_of_the_pinned_results_add_each_familys_committed_teachers_and
     assert not any(d.endswith("every seed)") for d in standings(tmp_path)["detector"])
 
 
-def test_the_anobeat_teachers_are_paired_with_the_beatgan_teachers_by_fold_and_seed(tmp_path):
+def test_the_anobeat_teachers_are_paired_with_the_beatgan_teachers_by_fold_and_seed(tmp_path, capsys):
     """Pairs on (fold, seed): an unpaired teacher is left out; the fold-blocked p averages each fold's seeds."""
+    from ablation.__main__ import main
     from ablation.report.standings import family_markdown, family_pairs
     folds, seeds = [0, 0, 1, 1, 2, 2], [0, 1] * 3
     beat = [0.93, 0.94, 0.92, 0.93, 0.94, 0.95]
@@ -366,6 +367,8 @@ def test_the_anobeat_teachers_are_paired_with_the_beatgan_teachers_by_fold_and_s
     by_fold = [0.011, 0.0095, 0.011]
     assert pair["p_blocked"] == pytest.approx(stats.ttest_1samp(by_fold, 0).pvalue)
     assert family_markdown(pair).startswith("anobeat - beatgan teachers, 6 (fold, seed) pairs: +0.0105 test AUC [")
+    assert main(["standings", "--results", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.endswith("\n\n" + family_markdown(pair))  # after the table
     pd.read_csv(tmp_path / "teachers.csv").query("family == 'beatgan'").to_csv(tmp_path / "teachers.csv", index=False)
     assert family_pairs(tmp_path, "anobeat") == {} and family_markdown({}) == ""
 
