@@ -73,7 +73,7 @@ def _map_cell(taps: pd.DataFrame, metric: str) -> str:
                       for p in ("pre", "post"))
 
 
-def _p_text(p: Any) -> str:
+def p_text(p: Any) -> str:
     return "n/a" if _missing(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -86,7 +86,7 @@ def confirmed_markdown(cells: pd.DataFrame) -> list[str]:
            "|" + "---|" * (2 + 3 * len(MAP_METRICS))]
     for _, c in cells.iterrows():
         values = [f"{c[f'{m}_delta']:+.4f} [{c[f'{m}_ci_low']:+.4f}, {c[f'{m}_ci_high']:+.4f}] | "
-                  f"{_p_text(c[f'{m}_p'])} | {_p_text(c[f'{m}_p_blocked'])}" for m in MAP_METRICS]
+                  f"{p_text(c[f'{m}_p'])} | {p_text(c[f'{m}_p_blocked'])}" for m in MAP_METRICS]
         out.append(f"| {net_label(c['net'], c['input'])} {c['block']} | {int(c['n_pairs'])} | " + " | ".join(values) + " |")
     return out
 

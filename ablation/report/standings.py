@@ -20,13 +20,13 @@ the Anobeat teacher). A table that is absent gives no row.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from ablation.paths import RESULTS
 from ablation.report.aggregate import blocked_test, describe, paired_ci, paired_differences, paired_test
+from ablation.report.markdown import p_text
 
 FIRST_RUN = RESULTS / "first_run"
 TARGET = 0.95
@@ -60,7 +60,7 @@ def _committed_teachers(results: Path, family: str) -> pd.Series:
     return t[t["family"] == family].set_index("fold")["test_auc"]
 
 
-def family_pairs(results: Path, family: str, baseline: str = "beatgan", metric: str = "test_auc") -> dict:
+def family_pairs(results: Path, family: str, baseline: str = "beatgan") -> dict:
     """The committed teachers of `family` against those of `baseline`, paired by (fold, seed):
     n_pairs, the mean difference (family - baseline) with its 95 % t interval, the Wilcoxon p over
     the pairs and the fold-blocked p (a fold's seeds share its test beats). Empty without pairs."""
@@ -68,24 +68,22 @@ def family_pairs(results: Path, family: str, baseline: str = "beatgan", metric: 
     if "family" not in t or "seed" not in t:
         return {}
     runs = t.rename(columns={"family": "variant"})
-    d = paired_differences(runs, family, baseline, metric).to_numpy(dtype=float)
+    d = paired_differences(runs, family, baseline, "test_auc").to_numpy(dtype=float)
     if len(d) == 0:
         return {}
     low, high = paired_ci(d)
     return {"family": family, "baseline": baseline, "n_pairs": len(d), "delta": float(d.mean()),
-            "ci_low": low, "ci_high": high, "p": paired_test(runs, family, baseline, metric).p_value,
-            "p_blocked": blocked_test(runs, family, baseline, metric).p_value}
+            "ci_low": low, "ci_high": high, "p": paired_test(runs, family, baseline).p_value,
+            "p_blocked": blocked_test(runs, family, baseline).p_value}
 
 
 def family_markdown(pair: dict) -> str:
     """One sentence for `family_pairs`: the difference, its interval and both p values."""
     if not pair:
         return ""
-    def p(value: float) -> str:
-        return "n/a" if math.isnan(value) else f"{value:.3f}"
     return (f"{pair['family']} - {pair['baseline']} teachers, {pair['n_pairs']} (fold, seed) pairs: "
             f"{pair['delta']:+.4f} test AUC [{pair['ci_low']:+.4f}, {pair['ci_high']:+.4f}], "
-            f"Wilcoxon p {p(pair['p'])}, fold-blocked p {p(pair['p_blocked'])}\n")
+            f"Wilcoxon p {p_text(pair['p'])}, fold-blocked p {p_text(pair['p_blocked'])}\n")
 
 
 def _snapshots_chosen(results: Path) -> pd.Series:
