@@ -131,11 +131,15 @@ def grid_axes(runs: pd.DataFrame) -> list[str]:
     return [a for a in axis_names(runs) if a not in ("variant", *PAIR_KEYS)]
 
 
-def variant_order(runs: pd.DataFrame) -> list[str]:
-    """Variants in the order their trials first ran (the study file's order), else as they appear."""
+def variant_order(runs: pd.DataFrame, declared: Sequence[str] = ()) -> list[str]:
+    """Variants in the `declared` order (the study file's variant names; a grid variant's trials,
+    "name/key=value", under its name), then any others; within each, the order their trials first ran."""
     if "start_time" in runs and runs["start_time"].notna().any():
-        return list(runs.groupby("variant", sort=False)["start_time"].min().sort_values(kind="stable").index)
-    return list(pd.unique(runs["variant"]))
+        ran = list(runs.groupby("variant", sort=False)["start_time"].min().sort_values(kind="stable").index)
+    else:
+        ran = list(pd.unique(runs["variant"]))
+    rank = {name: i for i, name in enumerate(declared)}
+    return sorted(ran, key=lambda v: rank.get(v.split("/")[0], len(rank)))
 
 
 def default_baseline(variants: Sequence[str]) -> str:
@@ -616,6 +620,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     """Read study `study` from the current MLflow tracking store, and from its committed results table
     (``results/<study>.csv``) for the trials MLflow does not have, into a ReportData."""
     from ablation.study import results
+    from ablation.study.spec import declared_variants
     exp = tracking.experiment(study)
     uri = tracking.current_uri()
     committed = results.load(study)
@@ -651,7 +656,7 @@ def collect(study: str, baseline: str | None = None, scale: str | None = None,
     teachers = fetch_teachers(tracked)
     runs = pd.concat([attach_teachers(tracked, teachers), runs[runs["source"] != "mlflow"]], ignore_index=True)
     runs, screen = split_stages(runs, notes)
-    summary = summarize(runs, baseline)
+    summary = summarize(runs, baseline, order=variant_order(runs, declared_variants(study)))
     base = summary.attrs["baseline"]
     parents = tracking.parent_runs(study)
     parents = [p for p in parents if p.data.tags.get("scale") in (scale, None)] or parents

@@ -227,6 +227,17 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
                      stage="screen", candidates=candidates, twins=twins)
 
 
+def declared_variants(study: str) -> list[str]:
+    """The variant names studies/<study>.yaml lists, in its order; [] without such a file (the
+    study's runs are still reported, in the order they ran)."""
+    path = STUDIES_DIR / f"{study}.yaml"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", study) or not path.is_file():
+        return []
+    variants = load_yaml(path).get("variants")
+    return [v["name"] for v in variants if isinstance(v, dict) and isinstance(v.get("name"), str)] \
+        if isinstance(variants, list) else []
+
+
 def _stages(d: dict, src: str) -> Stages | None:
     """The `stages` section (None without one); a staged study sets no top-level folds or seeds."""
     if "stages" not in d:
