@@ -388,8 +388,10 @@ def cmd_compare(args) -> None:
     from pathlib import Path
 
     from ablation.report.replication import markdown, read_table
+    from ablation.study.spec import declared_variants
     first, second = (read_table(Path(p)) for p in (args.first, args.second))
-    print(markdown(first, second, (args.names[0], args.names[1]), args.baseline), end="")
+    declared = declared_variants(Path(args.first).stem)  # results/NAME.csv: studies/NAME.yaml's variants
+    print(markdown(first, second, (args.names[0], args.names[1]), args.baseline, declared), end="")
 
 
 def cmd_history(args) -> None:
@@ -491,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     r.add_argument("name", help="study name (its MLflow experiment)")
     r.add_argument("--out", default=str(DASHBOARDS), help="output folder")
-    r.add_argument("--baseline", help="variant to compare against (default: student_alone if present)")
+    r.add_argument("--baseline", help="variant to compare against (default: student_alone, baseline or none "
+                    "if present, else the study file's first variant)")
     r.add_argument("--scale", help="which scale's runs (default: the latest run's)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or runs/mlflow.db)")
     r.set_defaults(func=cmd_report)
@@ -533,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help=cmd_compare.__doc__.split(" (")[0], description=cmd_compare.__doc__)
     cp.add_argument("first", help="a study's results table (CSV), the earlier run")
     cp.add_argument("second", help="the same study's table from the later run")
-    cp.add_argument("--baseline", help="variant to compare against (default: student_alone if present)")
+    cp.add_argument("--baseline", help="variant to compare against (default: student_alone, baseline or none "
+                    "if present, else the study file's first variant)")
     cp.add_argument("--names", nargs=2, default=("first run", "replication"), metavar=("FIRST", "SECOND"),
                     help="the two runs' names in the table's head")
     cp.set_defaults(func=cmd_compare)

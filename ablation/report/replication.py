@@ -13,6 +13,7 @@ in sign and in being resolved.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,13 +40,15 @@ def read_table(path: Path) -> pd.DataFrame:
     return keep_latest(table)[0]
 
 
-def matched(first: pd.DataFrame, second: pd.DataFrame, metric: str = "test_auc") -> pd.DataFrame:
+def matched(first: pd.DataFrame, second: pd.DataFrame, metric: str = "test_auc",
+            declared: Sequence[str] = ()) -> pd.DataFrame:
     """One row per trial (variant, fold, seed) in both tables (of `read_table`: one row a trial):
-    `first`, `second`, `diff` (second - first) of `metric`."""
+    `first`, `second`, `diff` (second - first) of `metric`; variants in the `declared` order (the
+    study file's, `variant_order`), then fold and seed."""
     both = pd.concat({name: t.set_index(list(TRIAL))[metric] for name, t in (("first", first), ("second", second))},
                      axis=1, join="inner").reset_index()
     both["diff"] = both["second"] - both["first"]
-    rank = {v: i for i, v in enumerate(variant_order(first))}  # the study's order, then fold and seed
+    rank = {v: i for i, v in enumerate(variant_order(first, declared))}
     return both.sort_values(list(TRIAL), key=lambda c: c.map(rank) if c.name == "variant" else c,
                             ignore_index=True)
 
@@ -62,11 +65,12 @@ def _common(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     return table.merge(trials[list(TRIAL)], on=list(TRIAL))
 
 
-def compare(first: pd.DataFrame, second: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+def compare(first: pd.DataFrame, second: pd.DataFrame, baseline: str | None = None,
+            declared: Sequence[str] = ()) -> pd.DataFrame:
     """One row per variant other than the baseline, on the common trials: n_pairs, and per run
     (`first_`, `second_`) the test AUC delta to the baseline, its CI, Holm-adjusted Wilcoxon and
     fold-blocked p and `resolved`; `same_sign`, `same_call` (both resolved or both not)."""
-    trials = matched(first, second)
+    trials = matched(first, second, declared=declared)
     order = list(pd.unique(trials["variant"]))
     out = {}
     for name, table in (("first", first), ("second", second)):
@@ -96,13 +100,13 @@ def _delta(row: pd.Series, run: str) -> str:
 
 
 def markdown(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, str] = ("first", "second"),
-             baseline: str | None = None) -> str:
+             baseline: str | None = None, declared: Sequence[str] = ()) -> str:
     """The comparison as Markdown: the noise line, the per-variant table, the per-trial table."""
-    trials = matched(first, second)
+    trials = matched(first, second, declared=declared)
     if trials.empty:
         return "no trial (variant, fold, seed) is in both tables\n"
     n = noise(trials)
-    table = compare(first, second, baseline)
+    table = compare(first, second, baseline, declared)
     a, b = names
     lines = [f"{n['n']} trials in both: test AUC {b} - {a}: sd {_f(n['sd'], '.4f')}, mean |diff| {n['mean_abs']:.4f}, "
              f"largest {n['max_abs']:.4f}.", "",

@@ -78,3 +78,16 @@ def test_the_committed_headline_runs_compare(capsys):
     out = capsys.readouterr().out
     assert "| `student_alone` | 2 | 0 | 0.8911 | 0.8885 | -0.0026 |" in out  # docs/reproducibility.md's row
     assert "| `kd_recon` |" in out
+
+
+def test_compare_tests_against_the_study_files_first_variant(capsys):
+    """results/anobeat.csv (real runs) began with beatgan_kd_recon; studies/anobeat.yaml lists
+    beatgan_alone first: without --baseline the comparison is against it, in the file's order."""
+    from ablation.__main__ import main
+    anobeat = str(Path(PROJECT_ROOT) / "results" / "anobeat.csv")
+    assert main(["compare", anobeat, anobeat]) == 0
+    out = capsys.readouterr().out
+    assert "Difference to `beatgan_alone` on those trials" in out
+    rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| `")]
+    assert rows[:3] == ["| `beatgan_kd_recon`", "| `anobeat_alone`", "| `anobeat_kd_recon`"]
+    assert rows[3] == "| `beatgan_alone`"  # the per-trial table starts with the baseline's trials
