@@ -230,8 +230,9 @@ def load_study(name_or_path: str | Path, scale: str = "cpu", max_trials: int | N
 def declared_variants(study: str) -> list[str]:
     """The variant names studies/<study>.yaml lists, in its order; [] without such a file (the
     study's runs are still reported, in the order they ran)."""
-    path = STUDIES_DIR / f"{study}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", study) or not path.is_file():
+    try:
+        path = study_path(study)
+    except ConfigError:
         return []
     variants = load_yaml(path).get("variants")
     return [v["name"] for v in variants if isinstance(v, dict) and isinstance(v.get("name"), str)] \
